@@ -1,0 +1,5 @@
+"""Placeholder: commands are added by their issue."""
+
+
+def register(app) -> None:
+    return None

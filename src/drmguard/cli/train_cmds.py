@@ -1,0 +1,99 @@
+"""`drmguard train` and `drmguard eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..data import load_dataset
+from ..errors import DrmguardError
+from ..models.io import load_model, save_model
+from ..profiles import get_profile
+from ..tasks import get_task
+from ..training import evaluate, train_regressor
+from .common import ProfileOpt, QuietOpt, SeedOpt, ensure_new_path, write_json
+
+
+def task_for(ds, task_name: str | None):
+    """The task named on the command line, else the one recorded with the data."""
+    name = task_name or ds.task or "generic"
+    return get_task(name, dim=ds.target_dim, target_names=ds.target_names if name == "generic"
+                    else None)
+
+
+def load_training_data(data: str, task_name: str | None, profile, quiet: bool):
+    ds = load_dataset(data, progress=not quiet)
+    task = task_for(ds, task_name)
+    size = profile.size_for(task.name)
+    if ds.image_size != (size, size) and profile.name != "tiny":
+        ds = ds.resized((size, size))
+    if ds.image_size[0] % 8 or ds.image_size[1] % 8:
+        raise DrmguardError(f"image size {ds.image_size} must be divisible by 8")
+    return ds, task
+
+
+def train(data: str = typer.Option(..., help="Training data spec (folder, .npz, name:PATH)."),
+          out: Path = typer.Option(..., help="Output model directory."),
+          arch: str = typer.Option("", help="Architecture (default: the profile's)."),
+          task: str = typer.Option(None, help="gaze, headpose or generic (default: data's)."),
+          profile: str = ProfileOpt, seed: int = SeedOpt,
+          epochs: int = typer.Option(0, help="Override the profile's epochs."),
+          quiet: bool = QuietOpt):
+    """Train a benign regression model."""
+    prof = get_profile(profile)
+    ensure_new_path(out, "model directory")
+    ds, t = load_training_data(data, task, prof, quiet)
+    cfg = prof.train_config(t.name, seed)
+    if epochs:
+        cfg.epochs, cfg.steps = epochs, None
+    arch_name = arch or prof.arch
+    model, meta = train_regressor(ds, t, arch_name, cfg,
+                                  prof.arch_kwargs if arch_name == prof.arch else {},
+                                  progress=not quiet)
+    meta["profile"] = prof.name
+    save_model(model, out, meta)
+    typer.echo(f"trained {arch_name} on {len(ds)} images ({meta['history']['seconds']:.0f} s); "
+               f"saved to {out}")
+
+
+def eval_cmd(model_dir: str = typer.Argument(..., help="Model directory or file."),
+             data: str = typer.Option(..., help="Evaluation data spec."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+             attack_metrics: bool = typer.Option(False, "--attack-metrics",
+                                                 help="Also RE, AE, DAE, RNV, RAV against the "
+                                                      "model's recorded trigger."),
+             allow_pickle: bool = typer.Option(False, help="Allow pickled model files."),
+             quiet: bool = QuietOpt):
+    """Mean regression error of a model on a dataset (and per-target errors)."""
+    model, meta = load_model(model_dir, allow_pickle=allow_pickle)
+    ds = load_dataset(data, progress=not quiet)
+    t = task_for(ds, (meta.get("task") or {}).get("name"))
+    if ds.target_dim != model.num_outputs:
+        raise DrmguardError(f"the data has {ds.target_dim} targets, the model outputs "
+                            f"{model.num_outputs}")
+    ds = ds.resized(model.input_size)
+    result = {"model": str(model_dir), "data": data, "task": t.name, **evaluate(model, ds, t)}
+    if attack_metrics:
+        from ..attacks import load_attack
+        from ..metrics import attack_metrics as compute_attack_metrics
+
+        attack = load_attack(model_dir)
+        if attack is None:
+            raise DrmguardError(f"{model_dir} records no attack; --attack-metrics needs one")
+        result["attack"] = compute_attack_metrics(model, attack, ds, t)
+    if as_json:
+        write_json(result, "-")
+    else:
+        typer.echo(f"{t.name} error on {result['n']} images: {result['error']:.3f} "
+                   f"{result['error_units']}")
+        for k, v in result["per_component"].items():
+            typer.echo(f"  {k}: {v:.3f}")
+        for k, v in (result.get("attack") or {}).items():
+            if isinstance(v, float):
+                typer.echo(f"  {k}: {v:.4f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(eval_cmd)

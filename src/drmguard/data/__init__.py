@@ -1,0 +1,70 @@
+"""Datasets: one way to name any data source, and the native formats.
+
+A data spec is one of
+- a path to a drmguard folder (``labels.csv`` + ``meta.json``) or a ``.npz`` file;
+- ``mpiifacegaze:PATH``, ``columbiagaze:PATH``, ``biwi:PATH``, ``pandora:PATH``, optionally with
+  loader options as a query string, e.g. ``biwi:/data/hpdb?convention=hopenet``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from ..errors import DrmguardError
+from .base import ArrayDataset, Splits, split_dataset
+from .formats import load_folder, load_npz, save_folder, save_npz
+
+REAL_DATASETS = {
+    "mpiifacegaze": "mpiifacegaze",
+    "columbiagaze": "columbiagaze",
+    "biwi": "biwi",
+    "pandora": "pandora",
+}
+
+
+def parse_spec(spec: str) -> tuple[str | None, str, dict]:
+    """(dataset name or None for native formats, path, options)."""
+    name, sep, rest = spec.partition(":")
+    if sep and name.lower() in REAL_DATASETS:
+        path, _, query = rest.partition("?")
+        return name.lower(), path, dict(parse_qsl(query, keep_blank_values=True))
+    return None, spec, {}
+
+
+def load_dataset(spec: str, columns: list[str] | None = None, task: str | None = None,
+                 size: int | tuple[int, int] | None = None, progress: bool = True) -> ArrayDataset:
+    """Load any supported dataset; optionally select target columns, set the task, resize."""
+    name, path, opts = parse_spec(str(spec))
+    if name is not None:
+        module = importlib.import_module(f".{REAL_DATASETS[name]}", __name__)
+        ds = module.load(path, progress=progress, **opts)
+        if columns:
+            names = ds.target_names or []
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise DrmguardError(f"{name} has no target(s) {', '.join(missing)}")
+            ds = ArrayDataset(ds.images, ds.targets[:, [names.index(c) for c in columns]],
+                              ds.task if len(columns) == ds.target_dim else "generic",
+                              ds.subjects, list(columns), ds.meta)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise DrmguardError(f"data path {p} does not exist")
+        if p.is_dir():
+            ds = load_folder(p, columns=columns, progress=progress)
+        elif p.suffix == ".npz":
+            ds = load_npz(p, columns=columns)
+        else:
+            raise DrmguardError(f"{p} is neither a dataset folder nor a .npz file")
+    if task is not None:
+        ds.task = task
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        ds = ds.resized(hw)
+    return ds
+
+
+__all__ = ["ArrayDataset", "Splits", "split_dataset", "load_dataset", "parse_spec",
+           "load_folder", "load_npz", "save_folder", "save_npz", "REAL_DATASETS"]

@@ -1,0 +1,76 @@
+"""The common defence interface: every detector yields a score per model, every mitigator a
+repaired model. Experiments use only this interface (``get_detector`` / ``get_mitigator``).
+
+Score convention: **higher score = more likely backdoored** (so ROC-AUC is computed on it
+directly). A defence whose natural statistic runs the other way (DRMGuard's R, Neural
+Cleanse's mask norm) reports its negation as ``score`` and the raw value in ``details``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from ..data.base import ArrayDataset
+from ..errors import DrmguardError
+from ..models.split import RegressionModel
+from ..tasks import Task
+
+
+@dataclass
+class Detection:
+    defense: str
+    backdoored: bool
+    score: float  # higher = more likely backdoored
+    threshold: float | None = None  # on ``score``'s scale, when the defence has one
+    target_estimate: list[float] | None = None
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)  # JSON-serialisable, defence-specific
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, model: RegressionModel, benign: ArrayDataset, task: Task,
+               seed: int = 0, progress: bool = True) -> Detection: ...
+
+
+class Mitigator(Protocol):
+    name: str
+
+    def mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task,
+                 seed: int = 0, progress: bool = True) -> tuple[RegressionModel, dict]: ...
+
+
+# name -> "module:factory"; factories take (profile: str, task: str, **overrides).
+DETECTORS = {
+    "drmguard": "drmguard.defenses.drmguard:make_detector",
+    "nc": "drmguard.defenses.neural_cleanse:make_detector",
+    "featurere": "drmguard.defenses.featurere:make_detector",
+}
+MITIGATORS = {
+    "drmguard": "drmguard.defenses.drmguard:make_mitigator",
+    "ft": "drmguard.defenses.finetune:make_mitigator",
+    "fp": "drmguard.defenses.fine_pruning:make_mitigator",
+    "anp": "drmguard.defenses.anp:make_mitigator",
+}
+
+
+def _make(table: dict, kind: str, name: str, profile: str, task: str, **overrides):
+    if name not in table:
+        raise DrmguardError(f"unknown {kind} '{name}' (choose {', '.join(table)})")
+    module, _, factory = table[name].partition(":")
+    return getattr(importlib.import_module(module), factory)(profile=profile, task=task,
+                                                             **overrides)
+
+
+def get_detector(name: str, profile: str = "cpu", task: str = "gaze", **overrides) -> Detector:
+    return _make(DETECTORS, "detector", name, profile, task, **overrides)
+
+
+def get_mitigator(name: str, profile: str = "cpu", task: str = "gaze", **overrides) -> Mitigator:
+    return _make(MITIGATORS, "mitigator", name, profile, task, **overrides)

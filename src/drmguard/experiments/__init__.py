@@ -1,0 +1,1 @@
+"""Experiments: zoo specs -> cached trained models -> defence runs -> tables (see zoo.py)."""

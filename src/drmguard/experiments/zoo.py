@@ -1,0 +1,168 @@
+"""Model zoos cached by content, and cached defence runs on them.
+
+A :class:`ModelSpec` names one model completely (task, profile, architecture, attack and its
+options, seed, data seed). Its hash is the cache key: a rerun reuses every trained model and
+every finished defence run, and a killed run resumes where it stopped (a model directory is
+moved into place only once it is complete).
+
+Cache layout::
+
+    CACHE/models/<key>/model.safetensors, model.json, trigger.safetensors, spec.json
+    CACHE/runs/<key>/<kind>-<name>-<config hash>.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.base import Splits
+from ..models.io import load_model, save_model
+from ..profiles import get_profile
+from ..tasks import get_task
+from ..training import train_regressor
+from .data import synthetic_splits
+
+CACHE_VERSION = 1
+DEFAULT_CACHE = os.environ.get("DRMGUARD_CACHE", ".drmguard-cache")
+
+
+def _hash(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    task: str
+    profile: str
+    attack: str | None = None  # None: a benign model
+    seed: int = 0
+    arch: str | None = None  # None: the profile's architecture
+    attack_options: tuple = field(default_factory=tuple)  # sorted (key, value) pairs
+    data_seed: int = 0
+
+    @property
+    def backdoored(self) -> bool:
+        return self.attack is not None
+
+    @property
+    def arch_name(self) -> str:
+        return self.arch or get_profile(self.profile).arch
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["attack_options"] = dict(self.attack_options)
+        return d
+
+    def key(self) -> str:
+        return _hash({"v": CACHE_VERSION, **self.to_dict(), "arch": self.arch_name})
+
+    def label(self) -> str:
+        kind = self.attack or "benign"
+        arch = f"/{self.arch}" if self.arch else ""
+        return f"{self.task}/{kind}{arch}/seed{self.seed}"
+
+
+def draw_target(train_targets: np.ndarray, seed: int, count: int = 1) -> list[list[float]]:
+    """Attack target vectors: labels of random training samples (in-distribution, seeded)."""
+    rng = np.random.default_rng(10_000 + seed)
+    idx = rng.choice(len(train_targets), size=count, replace=False)
+    return [train_targets[i].astype(float).tolist() for i in idx]
+
+
+class Zoo:
+    """Trains, caches and loads the models of experiments, and caches defence runs."""
+
+    def __init__(self, cache_dir: str | os.PathLike = DEFAULT_CACHE, progress: bool = True):
+        self.root = Path(cache_dir)
+        self.progress = progress
+
+    # --- data ------------------------------------------------------------------------------
+    def splits(self, spec: ModelSpec) -> Splits:
+        return synthetic_splits(spec.task, spec.profile, spec.data_seed)
+
+    # --- models ----------------------------------------------------------------------------
+    def model_dir(self, spec: ModelSpec) -> Path:
+        return self.root / "models" / spec.key()
+
+    def has_model(self, spec: ModelSpec) -> bool:
+        return (self.model_dir(spec) / "spec.json").exists()
+
+    def model(self, spec: ModelSpec):
+        """(model, attack or None, meta) — trained on first use, loaded from the cache after."""
+        from ..attacks import load_attack
+
+        d = self.model_dir(spec)
+        if not self.has_model(spec):
+            self._train(spec, d)
+        model, meta = load_model(d)
+        return model, load_attack(d), meta
+
+    def _train(self, spec: ModelSpec, final_dir: Path) -> None:
+        prof = get_profile(spec.profile)
+        task = get_task(spec.task)
+        splits = self.splits(spec)
+        arch_kwargs = prof.arch_kwargs if spec.arch_name == prof.arch else {}
+        attack = None
+        if spec.attack is None:
+            model, meta = train_regressor(splits.train, task, spec.arch_name,
+                                          prof.train_config(spec.task, spec.seed), arch_kwargs,
+                                          progress=self.progress, desc=spec.label())
+        else:
+            from ..attacks import attack_train_config, make_attack
+
+            opts = dict(spec.attack_options)
+            n_targets = int(opts.pop("n_targets", 2 if spec.attack == "multi_wanet" else 1))
+            targets = draw_target(splits.train.targets, spec.seed, n_targets)
+            if n_targets > 1:
+                opts["targets"] = targets
+            attack = make_attack(spec.attack, targets[0], task=spec.task,
+                                 image_size=splits.train.image_size,
+                                 channels=splits.train.channels, seed=spec.seed,
+                                 profile=spec.profile, **opts)
+            cfg = attack_train_config(spec.attack, spec.profile, spec.task, spec.seed)
+            model, meta = attack.train_backdoored(splits.train, task, spec.arch_name, cfg,
+                                                  arch_kwargs, progress=self.progress)
+        meta["profile"] = spec.profile
+        meta["zoo_spec"] = spec.to_dict()
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final_dir.parent))
+        try:
+            save_model(model, tmp / "m", meta)
+            if attack is not None:
+                attack.save(tmp / "m")
+            (tmp / "m" / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+            if final_dir.exists():  # an incomplete earlier attempt
+                shutil.rmtree(final_dir)
+            os.replace(tmp / "m", final_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # --- cached runs -----------------------------------------------------------------------
+    def cached_run(self, spec: ModelSpec, kind: str, name: str, config: dict, compute):
+        """JSON result of ``compute()`` for (model, kind, name, config), computed once."""
+        path = self.root / "runs" / spec.key() / f"{kind}-{name}-{_hash(config)}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        result = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=_jsonable))
+        os.replace(tmp, path)
+        return json.loads(path.read_text())
+
+
+def _jsonable(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return str(o)

@@ -1,0 +1,54 @@
+"""Run profiles: ``tiny`` (tests, seconds), ``cpu`` (default, minutes on 2 cores), ``paper``
+(ResNet18 at 224×224 gaze / 112×112 head pose with the paper's schedules, for GPUs).
+
+A profile fixes the synthetic data size, the image size per task, the architecture and the
+training schedule. Defences read their own per-profile settings from their config modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .errors import DrmguardError
+from .training import TrainConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    arch: str
+    arch_kwargs: dict = field(default_factory=dict)
+    image_size: dict = field(default_factory=dict)  # task -> side length
+    n_samples: int = 4000  # synthetic data set size (all splits)
+    subjects: int = 20
+    train: dict = field(default_factory=dict)  # task -> TrainConfig
+
+    def size_for(self, task: str) -> int:
+        return self.image_size.get(task, self.image_size["generic"])
+
+    def train_config(self, task: str, seed: int = 0) -> TrainConfig:
+        return replace(self.train.get(task, self.train["generic"]), seed=seed)
+
+
+PROFILES = {
+    "tiny": Profile(
+        name="tiny", arch="small_resnet", arch_kwargs={"widths": [8, 16, 32]},
+        image_size={"gaze": 32, "headpose": 32, "generic": 32}, n_samples=240, subjects=6,
+        train={"generic": TrainConfig(epochs=2, batch_size=32, lr=2e-3)}),
+    "cpu": Profile(
+        name="cpu", arch="small_resnet", arch_kwargs={"widths": [16, 32, 64, 128]},
+        image_size={"gaze": 32, "headpose": 32, "generic": 32}, n_samples=6000, subjects=30,
+        train={"generic": TrainConfig(epochs=20, batch_size=64, lr=2e-3)}),
+    "paper": Profile(
+        name="paper", arch="resnet18",
+        image_size={"gaze": 224, "headpose": 112, "generic": 224}, n_samples=30000, subjects=15,
+        train={"gaze": TrainConfig(steps=10000, batch_size=64, lr=1e-4, schedule="none"),
+               "headpose": TrainConfig(steps=5000, batch_size=64, lr=1e-4, schedule="none"),
+               "generic": TrainConfig(steps=10000, batch_size=64, lr=1e-4, schedule="none")}),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise DrmguardError(f"unknown profile '{name}' (choose {', '.join(PROFILES)})")
+    return PROFILES[name]
