@@ -110,7 +110,7 @@ def fit(model: RegressionModel, train_set: ArrayDataset, task: Task, cfg: TrainC
             opt.step()
             if sched is not None:
                 sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             if step % 20 == 0:

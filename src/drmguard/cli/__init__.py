@@ -10,7 +10,6 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 
 from ..errors import DrmguardError
@@ -34,10 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="drmguard")
         code = rc if isinstance(rc, int) else 0
-    except click.exceptions.UsageError as e:
-        e.show()
-        code = 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         code = fail("aborted", 1)
     except DrmguardError as e:
         code = fail(str(e))
@@ -45,11 +41,20 @@ def main(argv: list[str] | None = None) -> int:
         code = fail(f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e))
     except KeyboardInterrupt:
         code = fail("interrupted", 130)
-    except Exception as e:  # an internal error: one line, traceback on request
+    except Exception as e:
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click/typer usage errors
+            e.show()
+            code = int(e.exit_code)
+            return _finish(code, argv)
+        # an internal error: one line, traceback on request
         if os.environ.get("DRMGUARD_DEBUG") == "1":
             raise
         code = fail(f"internal error ({type(e).__name__}): {e} — rerun with DRMGUARD_DEBUG=1 "
                     "for a traceback", 1)
+    return _finish(code, argv)
+
+
+def _finish(code: int, argv) -> int:
     if argv is None:
         sys.exit(code)
     return code

@@ -1,5 +1,121 @@
-"""Placeholder: commands are added by their issue."""
+"""`drmguard experiment ...`: rebuild the paper's tables on cached, resumable model zoos."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import typer
+
+from ..errors import DrmguardError
+from .common import ProfileOpt, QuietOpt
+
+exp_app = typer.Typer(no_args_is_help=True,
+                      help="Rebuild the paper's tables on model zoos (cached and resumable).")
+
+CacheOpt = typer.Option(".drmguard-cache", "--cache", help="Zoo cache directory.")
+OutOpt = typer.Option("results", "--out", help="Directory for the Markdown + JSON results.")
+TaskOpt = typer.Option("gaze", "--task", help="gaze or headpose (synthetic).")
 
 
-def register(app) -> None:
-    return None
+def _list(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise DrmguardError(f"{what} is empty")
+    return items
+
+
+def _command() -> str:
+    return "drmguard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _check_task(task: str) -> None:
+    if task not in ("gaze", "headpose"):
+        raise DrmguardError(f"experiments run on the synthetic tasks gaze and headpose, not '{task}'")
+
+
+def _check_counts(**counts: int) -> None:
+    for k, v in counts.items():
+        if v < 1:
+            raise DrmguardError(f"--{k} must be at least 1")
+
+
+@exp_app.command("attacks")
+def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
+                attacks: str = typer.Option("", help="Comma-separated attacks (default: all)."),
+                seed: int = typer.Option(0), out: str = OutOpt, quiet: bool = QuietOpt):
+    """Attack effectiveness (Table 10: RE, AE, DAE) and feature metrics (Table 1: RNV, RAV)."""
+    from ..experiments.attack_table import run
+
+    _check_task(task)
+    rec = run(task, profile=profile, attacks=_list(attacks, "--attacks") if attacks else None,
+              seed=seed, out_dir=out, progress=not quiet)
+    typer.echo(f"wrote {out}/attacks-{task}-{profile}.md" if rec else "done")
+
+
+@exp_app.command("identification")
+def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
+                       attacks: str = typer.Option("badnets,wanet", help="Comma-separated."),
+                       benign: int = typer.Option(10, help="Benign models."),
+                       backdoored: int = typer.Option(10, help="Backdoored models per attack."),
+                       defenses: str = typer.Option("drmguard", help="drmguard,nc,featurere"),
+                       arch: str = typer.Option(None, help="Architecture (profile's default)."),
+                       name: str = typer.Option(None, help="Result file name."),
+                       cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
+    """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5)."""
+    from ..experiments.identification import run_identification
+
+    _check_task(task)
+    _check_counts(benign=benign, backdoored=backdoored)
+    rec = run_identification(task, _list(attacks, "--attacks"), benign, backdoored, profile,
+                             _list(defenses, "--defenses"), cache, out, arch, name=name,
+                             command=_command(), progress=not quiet)
+    for s in rec["summary"]:
+        typer.echo(f"{s['defense']:>10} {s['attack']:>12}: TP {s['TP']} FP {s['FP']} FN {s['FN']} "
+                   f"TN {s['TN']}  acc {s['accuracy']:.3f}  AUC {s['roc_auc']}")
+
+
+@exp_app.command("mitigation")
+def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
+                   attacks: str = typer.Option("wanet", help="Comma-separated."),
+                   backdoored: int = typer.Option(5, help="Backdoored models per attack."),
+                   mitigations: str = typer.Option("drmguard", help="drmguard,ft,fp,anp"),
+                   arch: str = typer.Option(None, help="Architecture (profile's default)."),
+                   name: str = typer.Option(None, help="Result file name."),
+                   cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
+    """Mitigation: RE, AE, DAE before and after each method (Tables 4, 6)."""
+    from ..experiments.mitigation import run_mitigation
+
+    _check_task(task)
+    _check_counts(backdoored=backdoored)
+    rec = run_mitigation(task, _list(attacks, "--attacks"), backdoored, profile,
+                         _list(mitigations, "--mitigations"), cache, out, arch, name=name,
+                         command=_command(), progress=not quiet)
+    for s in rec["summary"]:
+        typer.echo(f"{s['attack']:>10} {s['method']:>10}: RE {s['RE_mean']:.2f}  "
+                   f"AE {s['AE_mean']:.2f}  DAE {s['DAE_mean']:.2f}")
+
+
+@exp_app.command("architectures")
+def architectures_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
+                      archs: str = typer.Option("resnet18,resnet34,mobilenet_v1"),
+                      attack: str = typer.Option("wanet"),
+                      benign: int = typer.Option(5), backdoored: int = typer.Option(5),
+                      cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
+    """Identification and mitigation per architecture (Tables 12–13)."""
+    from ..experiments.identification import run_identification
+    from ..experiments.mitigation import run_mitigation
+
+    _check_task(task)
+    _check_counts(benign=benign, backdoored=backdoored)
+    for a in _list(archs, "--archs"):
+        rec = run_identification(task, [attack], benign, backdoored, profile, ["drmguard"],
+                                 cache, out, a, command=_command(), progress=not quiet)
+        s = rec["summary"][0]
+        typer.echo(f"{a:>14}: acc {s['accuracy']:.3f}  AUC {s['roc_auc']}")
+        run_mitigation(task, [attack], backdoored, profile, ["drmguard"], cache, out, a,
+                       command=_command(), progress=not quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(exp_app, name="experiment")

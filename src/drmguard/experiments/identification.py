@@ -1,0 +1,126 @@
+"""Backdoor identification on a model zoo (the paper's Tables 3, 5, 7–9, 11–13 shapes).
+
+For each attack, ``n_backdoored`` backdoored models (seeds 0..n-1) are scored together with the
+same ``n_benign`` benign models (seeds 0..n-1) by every requested detector. Per attack and over
+all attacks we report the confusion counts (TP, FP, FN, TN), accuracy and ROC-AUC. Every model
+also gets its attack metrics (RE, AE, DAE) so a table never hides an attack that did not take.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..defenses.base import get_detector
+from ..tasks import get_task
+from ..utils import progress_bar
+from .results import md_table, provenance, write_results
+from .zoo import ModelSpec, Zoo
+
+
+def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
+    """Attack metrics of a zoo model on the test split (cached)."""
+    if attack is None:
+        def compute():
+            from ..training import evaluate
+            return {"RE": evaluate(model, zoo.splits(spec).test, get_task(spec.task))["error"]}
+    else:
+        def compute():
+            from ..metrics import attack_metrics
+            return attack_metrics(model, attack, zoo.splits(spec).test, get_task(spec.task))
+    return zoo.cached_run(spec, "attack", "metrics", {}, compute)
+
+
+def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dict,
+                  benign_limit: int | None = None, seed: int = 0) -> dict:
+    """One detector on one zoo model with the zoo's benign set D_b (cached)."""
+    config = {"overrides": overrides, "benign_limit": benign_limit, "seed": seed}
+
+    def compute():
+        benign = zoo.splits(spec).benign
+        if benign_limit:
+            benign = benign.subset(range(min(benign_limit, len(benign))))
+        det = get_detector(defense, spec.profile, spec.task, **overrides)
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        d = det.detect(model, benign, get_task(spec.task), seed=seed, progress=zoo.progress)
+        rec = d.to_dict()
+        rec["wall_seconds"] = time.perf_counter() - t0
+        return rec
+    return zoo.cached_run(spec, "detect", defense, config, compute)
+
+
+def model_specs(task: str, profile: str, attacks: list[str], n_benign: int, n_backdoored: int,
+                arch: str | None = None, attack_options: dict | None = None) -> list[ModelSpec]:
+    opts = tuple(sorted((attack_options or {}).items()))
+    specs = [ModelSpec(task, profile, None, s, arch) for s in range(n_benign)]
+    for a in attacks:
+        specs += [ModelSpec(task, profile, a, s, arch, opts) for s in range(n_backdoored)]
+    return specs
+
+
+def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> list[dict]:
+    """Confusion counts, accuracy and ROC-AUC per (defence, attack) and over all attacks."""
+    from ..metrics import detection_metrics
+
+    rows = []
+    for d in defenses:
+        for a in [*attacks, "all"] if len(attacks) > 1 else attacks:
+            sel = [r for r in records if r["defense"] == d and
+                   (r["attack"] is None or a == "all" or r["attack"] == a)]
+            m = detection_metrics([r["attack"] is not None for r in sel],
+                                  [r["score"] for r in sel], [r["flagged"] for r in sel])
+            rows.append({"defense": d, "attack": a, **m})
+    return rows
+
+
+def run_identification(task: str, attacks: list[str], n_benign: int, n_backdoored: int,
+                       profile: str = "cpu", defenses: list[str] | None = None,
+                       cache_dir: str = ".drmguard-cache", out_dir: str = "results",
+                       arch: str | None = None, overrides: dict | None = None,
+                       benign_limit: int | None = None, name: str | None = None,
+                       command: str = "", progress: bool = True,
+                       attack_options: dict | None = None) -> dict:
+    defenses = defenses or ["drmguard"]
+    zoo = Zoo(cache_dir, progress)
+    specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options)
+    records = []
+    for spec in progress_bar(specs, desc="models", enabled=progress):
+        model, attack, meta = zoo.model(spec)
+        att = attack_record(zoo, spec, model, attack, meta)
+        for d in defenses:
+            det = detect_record(zoo, spec, model, d, (overrides or {}) if d == "drmguard" else {},
+                                benign_limit)
+            records.append({
+                "model": spec.label(), "key": spec.key(), "attack": spec.attack,
+                "seed": spec.seed, "defense": d, "score": det["score"],
+                "flagged": det["backdoored"], "target_estimate": det.get("target_estimate"),
+                "real_target": att.get("real_target"), "RE": att.get("RE"),
+                "AE": att.get("AE"), "DAE": att.get("DAE"),
+                "seconds": det.get("seconds"), "details": det.get("details", {})})
+    summary = summarise(records, defenses, attacks)
+    name = name or f"identification-{task}-{profile}" + (f"-{arch}" if arch else "")
+    record = {"provenance": provenance(command), "task": task, "profile": profile, "arch": arch,
+              "attacks": attacks, "n_benign": n_benign, "n_backdoored": n_backdoored,
+              "defenses": defenses, "overrides": overrides or {}, "benign_limit": benign_limit,
+              "summary": summary, "models": records}
+    write_results(out_dir, name, record, to_markdown(record))
+    return record
+
+
+def to_markdown(rec: dict) -> str:
+    head = (f"# Backdoor identification — {rec['task']}, profile {rec['profile']}"
+            + (f", {rec['arch']}" if rec.get("arch") else "") + "\n\n"
+            f"{rec['n_benign']} benign models and {rec['n_backdoored']} backdoored models per "
+            f"attack; defender's benign set = the zoo's D_b"
+            + (f" (first {rec['benign_limit']} images)" if rec.get("benign_limit") else "")
+            + (f"; DRMGuard overrides {rec['overrides']}" if rec.get("overrides") else "") + ".\n\n")
+    rows = [[s["defense"], s["attack"], s["TP"], s["FP"], s["FN"], s["TN"], s["accuracy"],
+             s["roc_auc"]] for s in rec["summary"]]
+    table = md_table(["defence", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC"], rows)
+    mrows = [[r["model"], r["defense"], r["score"], r["flagged"], r["RE"], r["AE"], r["DAE"],
+              r["target_estimate"], r["real_target"], r["seconds"]] for r in rec["models"]]
+    models = md_table(["model", "defence", "score", "flagged", "RE", "AE", "DAE",
+                       "target estimate", "real target", "seconds"], mrows)
+    return head + table + "\n\n## Per model\n\n" + models

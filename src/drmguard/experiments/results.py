@@ -1,0 +1,60 @@
+"""Writing experiment results: JSON + Markdown under results/, stamped with the commit."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..utils import git_commit
+
+
+def provenance(command: str) -> dict:
+    return {"command": command, "commit": git_commit(), "drmguard_version": __version__,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "machine": platform.machine(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "threads": torch.get_num_threads()}
+
+
+def fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.2e}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(fmt(x, digits) for x in v) + ")"
+    return str(v)
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | Path, name: str, record: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``name``.json and ``name``.md (with a provenance footer) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jp, mp = out / f"{name}.json", out / f"{name}.md"
+    jp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    prov = record.get("provenance", {})
+    footer = (f"\n\n---\nCommand: `{prov.get('command', '')}`  \nCommit: `{prov.get('commit')}` · "
+              f"drmguard {prov.get('drmguard_version')} · torch {prov.get('torch')} · "
+              f"{prov.get('device')} ({prov.get('threads')} threads) · {prov.get('date')}\n")
+    mp.write_text(markdown.rstrip() + footer)
+    return jp, mp

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from drmguard.cli import main
+from drmguard.data import save_folder
+
+
+def run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_then_eval(tmp_path, toy_dataset, capsys):
+    save_folder(toy_dataset, tmp_path / "d", progress=False)
+    code, out, err = run(["train", "--data", str(tmp_path / "d"), "--profile", "tiny",
+                          "--out", str(tmp_path / "m"), "-q"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    code, out, err = run(["eval", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--json",
+                          "-q"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n"] == len(toy_dataset) and res["error"] > 0
+    assert set(res["per_component"]) == {"a", "b"}
+    # the model directory is never overwritten
+    code, out, err = run(["train", "--data", str(tmp_path / "d"), "--profile", "tiny",
+                          "--out", str(tmp_path / "m"), "-q"], capsys)
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["eval", "/nonexistent/model", "--data", "/nonexistent/data"], "does not exist"),
+    (["train", "--data", "/nonexistent", "--out", "OUT"], "does not exist"),
+    (["train", "--data", "DATA", "--out", "OUT", "--profile", "huge"], "unknown profile"),
+    (["data", "synth", "--task", "pose", "--out", "OUT"], "gaze and headpose"),
+    (["experiment", "identification", "--task", "age"], "synthetic tasks"),
+    (["experiment", "identification", "--benign", "0"], "at least 1"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, toy_dataset, args, needle):
+    monkeypatch.chdir(tmp_path)
+    save_folder(toy_dataset, tmp_path / "DATA", progress=False)
+    code, out, err = run(args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("drmguard: error:")
+
+
+def test_usage_error_exit_2(capsys):
+    code, out, err = run(["train", "--bogus"], capsys)
+    assert code == 2
