@@ -39,6 +39,8 @@ def load_dataset(spec: str, columns: list[str] | None = None, task: str | None =
     name, path, opts = parse_spec(str(spec))
     if name is not None:
         module = importlib.import_module(f".{REAL_DATASETS[name]}", __name__)
+        if size is not None:  # let the loader resize as it reads (full-size frames are large)
+            opts.setdefault("size", size)
         ds = module.load(path, progress=progress, **opts)
         if columns:
             names = ds.target_names or []
