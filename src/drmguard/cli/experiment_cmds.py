@@ -96,6 +96,29 @@ def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    f"AE {s['AE_mean']:.2f}  DAE {s['DAE_mean']:.2f}")
 
 
+@exp_app.command("ablation")
+def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
+                 attacks: str = typer.Option("badnets,wanet", help="Comma-separated."),
+                 benign: int = typer.Option(5), backdoored: int = typer.Option(5),
+                 groups: str = typer.Option("fsrt,mtr,lambda3,benign",
+                                            help="fsrt, mtr, lambda3, lambda1, benign, "
+                                                 "generator, mtr_norm"),
+                 cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
+    """Ablations: without FSRT, without MTR, λ sweeps, benign-set size (Tables 7–9)."""
+    from ..experiments.ablation import GROUPS, run_ablation
+
+    _check_task(task)
+    _check_counts(benign=benign, backdoored=backdoored)
+    chosen = _list(groups, "--groups")
+    bad = [g for g in chosen if g not in GROUPS]
+    if bad:
+        raise DrmguardError(f"unknown ablation group(s) {', '.join(bad)} (choose {', '.join(GROUPS)})")
+    rec = run_ablation(task, _list(attacks, "--attacks"), benign, backdoored, profile, chosen,
+                       cache, out, command=_command(), progress=not quiet)
+    for r in rec["rows"]:
+        typer.echo(f"{r['variant']:>28} {r['attack']:>8}: acc {r['accuracy']:.3f}  AUC {r['roc_auc']}")
+
+
 @exp_app.command("architectures")
 def architectures_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                       archs: str = typer.Option("resnet18,resnet34,mobilenet_v1"),

@@ -1,5 +1,255 @@
-"""Placeholder: commands are added by their issue."""
+"""`drmguard scan`, `drmguard mitigate` and `drmguard demo` (DRMGuard on the command line)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import typer
+
+from ..errors import DrmguardError
+from .common import ProfileOpt, QuietOpt, SeedOpt, ensure_new_path, write_json
+
+from . import model_opts as mo
 
 
-def register(app) -> None:
-    return None
+def load_scan_inputs(model_dir: str, data: str, task_name: str | None, allow_pickle: bool,
+                     quiet: bool, arch=None, weights=None, input_size=None, mean=None, std=None,
+                     feature_layer=None, error=None, columns=None):
+    """(model, meta, benign set fitted to the model's input, task) for scan and mitigate."""
+    model, meta = mo.load_model_from_cli(model_dir, allow_pickle, arch, weights, input_size,
+                                         mean, std, feature_layer, task_name)
+    mo.echo_notes(meta, quiet)
+    ds, task = mo.load_data_for_model(data, model, task_name, error, columns, meta=meta,
+                                      quiet=quiet, min_samples=10, multiple_of=8)
+    return model, meta, ds, task
+
+
+def scan_config(profile: str, task: str, tau: float | None, lambda1: float | None,
+                lambda3: float | None):
+    """The profile's calibrated DRMGuard settings with the command-line overrides checked."""
+    from ..defenses.drmguard import default_config
+
+    overrides = {}
+    for name, value in (("tau", tau), ("lambda1", lambda1), ("lambda3", lambda3)):
+        if value is None:
+            continue
+        if not value > 0 or value != value or value == float("inf"):
+            raise DrmguardError(f"--{name} must be a positive finite number, got {value}")
+        if name == "tau" and value >= 1:
+            raise DrmguardError(f"--tau must be below 1 (R is a fraction of the image L1 norm), "
+                                f"got {value}")
+        overrides[name] = value
+    return default_config(profile, task, **overrides)
+
+
+def print_scan(results: list[tuple[str, object]], console=None) -> None:
+    """A verdict table (rich) for one or more (name, ScanResult)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="DRMGuard scan")
+    for col in ("model", "verdict", "R", "τ", "collapse", "target estimate", "time"):
+        table.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+    for name, res in results:
+        style = "bold red" if res.backdoored else "green"
+        est = ", ".join(f"{n}={v:.3g}" for n, v in zip(res.target_names, res.target_estimate))
+        table.add_row(name, f"[{style}]{res.status}[/{style}]", f"{res.r_score:.4f}",
+                      f"{res.tau:.4f}", f"{res.collapse_ratio:.3f}", est,
+                      f"{res.timings['total']:.0f} s")
+    console.print(table)
+
+
+TauOpt = typer.Option(None, "--tau", help="Identification threshold on R (profile default).")
+Lambda1Opt = typer.Option(None, "--lambda1", help="Weight of the output-variance term.")
+Lambda3Opt = typer.Option(None, "--lambda3", help="Weight of the feature-space term (FSRT).")
+
+
+def scan_cmd(model_dir: str = typer.Argument(..., help="Model directory or file."),
+             data: str = mo.DataOpt, task: str = mo.TaskOpt, error: str = mo.ErrorOpt,
+             columns: str = mo.ColumnsOpt, profile: str = ProfileOpt, seed: int = SeedOpt,
+             tau: float = TauOpt, lambda1: float = Lambda1Opt, lambda3: float = Lambda3Opt,
+             json_out: str = typer.Option(None, "--json", help="Write the result as JSON to "
+                                                               "this file ('-' for stdout)."),
+             report: Path = typer.Option(None, "--report", help="Write an HTML report (and "
+                                                                "PNGs) into this new folder."),
+             fail_on_backdoor: bool = typer.Option(False, "--fail-on-backdoor",
+                                                   help="Exit with code 3 when flagged."),
+             arch: str = mo.ArchOpt, weights: str = mo.WeightsOpt,
+             input_size: str = mo.InputSizeOpt, mean: str = mo.MeanOpt, std: str = mo.StdOpt,
+             feature_layer: str = mo.FeatureLayerOpt, allow_pickle: bool = mo.AllowPickleOpt,
+             quiet: bool = QuietOpt):
+    """Is this model backdoored? Reverse-engineer a trigger on benign data and decide."""
+    from ..defenses.drmguard import scan
+
+    if report is not None:
+        ensure_new_path(report, "report directory")
+    cfg = scan_config(profile, task or "gaze", tau, lambda1, lambda3)
+    model, _, ds, t = load_scan_inputs(model_dir, data, task, allow_pickle, quiet, arch,
+                                       weights, input_size, mean, std, feature_layer, error,
+                                       columns)
+    if t.name != cfg.task:
+        cfg = scan_config(profile, t.name, tau, lambda1, lambda3)
+    res = scan(model, ds, t, cfg, seed=seed, progress=not quiet)
+    if json_out != "-":
+        print_scan([(Path(model_dir).name, res)])
+    extra = {"model": str(model_dir), "data": data}
+    if json_out:
+        write_json({**extra, **res.to_dict()}, json_out)
+    if report is not None:
+        from ..report import write_scan_report
+
+        page = write_scan_report(res, report, extra=extra)
+        if json_out != "-":
+            typer.echo(f"report: {page}")
+    if fail_on_backdoor and res.backdoored:
+        raise typer.Exit(3)
+
+
+def mitigate_cmd(model_dir: str = typer.Argument(..., help="Model directory or file."),
+                 data: str = mo.DataOpt,
+                 out: Path = typer.Option(..., "--out", help="Directory for the mitigated "
+                                                             "model (must not exist)."),
+                 task: str = mo.TaskOpt, error: str = mo.ErrorOpt, columns: str = mo.ColumnsOpt,
+                 profile: str = ProfileOpt, seed: int = SeedOpt,
+                 arch: str = mo.ArchOpt, weights: str = mo.WeightsOpt,
+                 input_size: str = mo.InputSizeOpt, mean: str = mo.MeanOpt,
+                 std: str = mo.StdOpt, feature_layer: str = mo.FeatureLayerOpt,
+                 allow_pickle: bool = mo.AllowPickleOpt, quiet: bool = QuietOpt):
+    """Scan, then fine-tune a copy of the model on D_b ∪ D_r (reversed trigger, true labels)."""
+    from ..defenses.drmguard import default_config, mitigate
+    from ..models.io import model_meta, save_model_any
+
+    ensure_new_path(out, "model directory")
+    model, meta, ds, t = load_scan_inputs(model_dir, data, task, allow_pickle, quiet, arch,
+                                          weights, input_size, mean, std, feature_layer, error,
+                                          columns)
+    new, info = mitigate(model, ds, t, config=default_config(profile, t.name), seed=seed,
+                         progress=not quiet)
+    new_meta = dict(meta) if meta.get("format") == "drmguard-model" else \
+        model_meta(new, str(meta.get("arch") or "unknown"), t)
+    new_meta["mitigation"] = {"defense": "drmguard", "source": str(model_dir),
+                              "status": info["scan"]["status"], "R": info["scan"]["R"],
+                              "finetune": info["finetune"]}
+    save_model_any(new, out, new_meta)
+    _copy_trigger_record(model_dir, out)
+    typer.echo(f"scan: {info['scan']['status']} (R = {info['scan']['R']:.4f}); fine-tuned "
+               f"{info['finetune']['steps']} steps; benign error after: "
+               f"{info['benign_error_after']:.3f} {t.error_units}; saved to {out}")
+
+
+def _copy_trigger_record(src: str, dst: Path) -> None:
+    """Keep a recorded attack's trigger next to the mitigated model (for --attack-metrics)."""
+    from ..attacks import TRIGGER_FILE
+
+    p = Path(src)
+    trigger = (p if p.is_dir() else p.parent) / TRIGGER_FILE
+    if trigger.exists():
+        shutil.copy2(trigger, dst / TRIGGER_FILE)
+
+
+DEMO_TARGET = (-0.30, 0.25)  # gaze (yaw, pitch) in radians
+
+
+def demo_models(profile: str, cache: Path, seed: int, progress: bool, log=print):
+    """Synthetic gaze splits and {"benign": (model, None), "badnets": (model, attack)}, trained
+    once and kept under ``cache/<profile>-seed<seed>/``."""
+    from ..attacks import attack_train_config, load_attack, make_attack
+    from ..experiments.data import synthetic_splits
+    from ..models.io import load_model, save_model
+    from ..profiles import get_profile
+    from ..tasks import get_task
+    from ..training import train_regressor
+
+    prof, task = get_profile(profile), get_task("gaze")
+    splits = synthetic_splits("gaze", profile)
+    root = Path(cache) / f"{profile}-seed{seed}"
+    models = {}
+    for name in ("benign", "badnets"):
+        d = root / name
+        if (d / "model.json").exists():
+            model, _ = load_model(d)
+            models[name] = (model, load_attack(d) if name == "badnets" else None)
+            log(f"using cached {name} model from {d}")
+            continue
+        log(f"training the {name} demo model ({profile} profile) ...")
+        if name == "benign":
+            model, meta = train_regressor(splits.train, task, prof.arch,
+                                          prof.train_config("gaze", seed), prof.arch_kwargs,
+                                          progress=progress, desc="train benign")
+            attack = None
+        else:
+            attack = make_attack("badnets", DEMO_TARGET, task=task,
+                                 image_size=prof.size_for("gaze"), seed=seed, profile=profile)
+            model, meta = attack.train_backdoored(
+                splits.train, task, prof.arch, attack_train_config("badnets", profile, "gaze",
+                                                                   seed),
+                prof.arch_kwargs, progress=progress)
+        meta["profile"] = profile
+        save_model(model, d, meta, overwrite=True)
+        if attack is not None:
+            attack.save(d)
+        models[name] = (model, attack)
+    return splits, models
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "drmguard" / "demo"
+
+
+def demo_cmd(profile: str = typer.Option("cpu", "--profile", help="tiny or cpu."),
+             cache: Path = typer.Option(None, "--cache", help="Where trained demo models are "
+                                                              "kept (default ~/.cache/drmguard/"
+                                                              "demo)."),
+             seed: int = SeedOpt, quiet: bool = QuietOpt):
+    """End to end on the synthetic gaze task: train (or reuse) a benign and a BadNets model,
+    scan both, mitigate the backdoored one, and show AE/DAE before and after."""
+    from rich.console import Console
+
+    from ..defenses.drmguard import default_config, mitigate, scan
+    from ..tasks import get_task
+
+    if profile not in ("tiny", "cpu"):
+        raise DrmguardError("the demo runs on the tiny or cpu profile")
+    console = Console()
+    t0 = time.perf_counter()
+    task = get_task("gaze")
+    splits, models = demo_models(profile, cache or default_cache(), seed, progress=not quiet,
+                                 log=console.print)
+    cfg = default_config(profile, task.name)
+    results = []
+    for name in ("benign", "badnets"):
+        model, _ = models[name]
+        results.append((name, scan(model, splits.benign, task, cfg, seed=seed,
+                                   progress=not quiet)))
+    print_scan(results, console)
+    from ..metrics import attack_metrics
+
+    bad_model, attack = models["badnets"]
+    real = attack_metrics(bad_model, attack, splits.test, task)
+    est = results[1][1].target_estimate
+    console.print(f"BadNets target y_t = {[round(v, 3) for v in attack.target.tolist()]}, "
+                  f"model's real target = {[round(v, 3) for v in real['real_target']]}, "
+                  f"DRMGuard estimate = {[round(v, 3) for v in est]}")
+    fixed, _ = mitigate(bad_model, splits.benign, task, scan_result=results[1][1], config=cfg,
+                        seed=seed, progress=not quiet)
+    after = attack_metrics(fixed, attack, splits.test, task)
+    from rich.table import Table
+
+    table = Table(title="DRMGuard mitigation of the BadNets model (test set, degrees)")
+    for col in ("model", "clean error", "AE (to target; ↑ better)", "DAE (to truth; ↓ better)"):
+        table.add_column(col, justify="right")
+    for name, m in (("before", real), ("after", after)):
+        table.add_row(name, f"{m['RE']:.2f}", f"{m['AE']:.2f}", f"{m['DAE']:.2f}")
+    console.print(table)
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("scan")(scan_cmd)
+    app.command("mitigate")(mitigate_cmd)
+    app.command("demo")(demo_cmd)

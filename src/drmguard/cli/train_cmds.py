@@ -8,10 +8,11 @@ import typer
 
 from ..data import load_dataset
 from ..errors import DrmguardError
-from ..models.io import load_model, save_model
+from ..models.io import save_model
 from ..profiles import get_profile
 from ..tasks import get_task
 from ..training import evaluate, train_regressor
+from . import model_opts as mo
 from .common import ProfileOpt, QuietOpt, SeedOpt, ensure_new_path, write_json
 
 
@@ -63,16 +64,16 @@ def eval_cmd(model_dir: str = typer.Argument(..., help="Model directory or file.
              attack_metrics: bool = typer.Option(False, "--attack-metrics",
                                                  help="Also RE, AE, DAE, RNV, RAV against the "
                                                       "model's recorded trigger."),
-             allow_pickle: bool = typer.Option(False, help="Allow pickled model files."),
+             task: str = mo.TaskOpt, error: str = mo.ErrorOpt, columns: str = mo.ColumnsOpt,
+             arch: str = mo.ArchOpt, weights: str = mo.WeightsOpt,
+             input_size: str = mo.InputSizeOpt, mean: str = mo.MeanOpt, std: str = mo.StdOpt,
+             feature_layer: str = mo.FeatureLayerOpt, allow_pickle: bool = mo.AllowPickleOpt,
              quiet: bool = QuietOpt):
     """Mean regression error of a model on a dataset (and per-target errors)."""
-    model, meta = load_model(model_dir, allow_pickle=allow_pickle)
-    ds = load_dataset(data, progress=not quiet)
-    t = task_for(ds, (meta.get("task") or {}).get("name"))
-    if ds.target_dim != model.num_outputs:
-        raise DrmguardError(f"the data has {ds.target_dim} targets, the model outputs "
-                            f"{model.num_outputs}")
-    ds = ds.resized(model.input_size)
+    model, meta = mo.load_model_from_cli(model_dir, allow_pickle, arch, weights, input_size,
+                                         mean, std, feature_layer, task)
+    mo.echo_notes(meta, quiet)
+    ds, t = mo.load_data_for_model(data, model, task, error, columns, meta=meta, quiet=quiet)
     result = {"model": str(model_dir), "data": data, "task": t.name, **evaluate(model, ds, t)}
     if attack_metrics:
         from ..attacks import load_attack

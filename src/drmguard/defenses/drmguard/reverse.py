@@ -1,0 +1,260 @@
+"""Reverse engineering of the trigger function (Eq. 5 with the momentum reverse trigger).
+
+    L(θ) = λ1 · (1/K) Σ_k Var_i[F_k(x̃_i)]  (÷ Var_i[F_k(x_i)] when ``scale_free``)
+         + (1/N) Σ_i ‖G_θ(x_i) − x_i‖_1     (or ‖x̃_i − x_i‖_1; per-pixel mean or sum over C×H×W)
+         + λ3 · r_f,   r_f = RAV(x̃ batch vs benign batch) = (1/K) Σ_k Var_i[θ_k(x̃_i)] / Var_i[θ_k(x_i)]
+
+with x̃ = M ⊙ x + (1 − M) ⊙ G_θ(x) (see :mod:`.mtr`) and θ_k the angle between the feature
+vector h = F1(·) and the k-th row of the head's weight W. Variances are population variances
+over the batch. Only G's parameters are optimised (Adam); the model is frozen and in eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...utils import progress_bar, seed_everything
+from . import mtr as mtr_mod
+from .generator import TriggerGenerator, build_generator, pretrain_identity, recalibrate_batchnorm
+
+_EPS = 1e-12
+_ACOS_MARGIN = 1e-6
+
+
+# --- the three terms --------------------------------------------------------------------------
+def output_variance(y: torch.Tensor) -> torch.Tensor:
+    """Per-component population variance over the batch, shape (K,)."""
+    return y.var(0, unbiased=False)
+
+
+def output_term(y: torch.Tensor, benign_var: torch.Tensor | None = None) -> torch.Tensor:
+    """(1/K) Σ_k Var_i[y_ik], or the mean of Var ratios to ``benign_var`` (scale-free)."""
+    v = output_variance(y)
+    if benign_var is not None:
+        v = v / benign_var.clamp_min(_EPS)
+    return v.mean()
+
+
+def input_l1(diff: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """(1/N) Σ_i ‖diff_i‖_1 with the norm as the per-pixel mean (``mean``) or the sum (``sum``)."""
+    per_image = diff.abs().flatten(1)
+    per_image = per_image.mean(1) if reduction == "mean" else per_image.sum(1)
+    return per_image.mean()
+
+
+def feature_angles(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """θ_k(x) = arccos(W_k·h / (‖W_k‖ ‖h‖)) for a batch: B×m features, K×m weight -> B×K."""
+    cos = (h @ weight.t()) / (h.norm(dim=1, keepdim=True) * weight.norm(dim=1)[None]
+                              ).clamp_min(_EPS)
+    return torch.acos(cos.clamp(-1 + _ACOS_MARGIN, 1 - _ACOS_MARGIN))
+
+
+def angle_variance_ratio(theta: torch.Tensor, theta_ref: torch.Tensor,
+                         aggregation: str = "mean_of_ratios") -> torch.Tensor:
+    """RAV of ``theta`` (B×K) against ``theta_ref``: mean of per-component variance ratios, or
+    the ratio of the summed variances."""
+    v, v_ref = theta.var(0, unbiased=False), theta_ref.var(0, unbiased=False)
+    if aggregation == "ratio_of_sums":
+        return v.sum() / v_ref.sum().clamp_min(_EPS)
+    return (v / v_ref.clamp_min(_EPS)).mean()
+
+
+def objective(y_rev, h_rev, theta_ref, x, gx, xt, weight, cfg, benign_var=None):
+    """Eq. 5 for one batch; returns (loss tensor, dict of the terms as floats)."""
+    out = output_term(y_rev, benign_var if cfg.scale_free else None)
+    l1 = input_l1((gx if cfg.l1_on == "generator" else xt) - x, cfg.l1_reduction)
+    rf = angle_variance_ratio(feature_angles(h_rev, weight), theta_ref, cfg.rav_aggregation)
+    loss = cfg.lambda1 * out + l1 + cfg.lambda3 * rf
+    terms = {"loss": loss, "output": out, "l1": l1, "rf": rf}
+    return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+
+# --- helpers ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    """Eval mode and no parameter gradients for the duration; the original state is restored."""
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+class BenignImages:
+    """D_b's images kept as uint8 (N×H×W×C, CPU); float batches on the device on demand."""
+
+    def __init__(self, images: np.ndarray, device: torch.device):
+        self.u8 = torch.from_numpy(np.ascontiguousarray(images))
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.u8)
+
+    def get(self, idx) -> torch.Tensor:
+        return self.u8[idx].to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def chunks(self, batch_size: int):
+        for i in range(0, len(self), batch_size):
+            yield slice(i, min(i + batch_size, len(self)))
+
+
+class ReversedTrigger:
+    """The reversed trigger function x -> x̃ = M ⊙ x + (1 − M) ⊙ G(x) (no gradients).
+
+    With ``mtr_map='per_image'`` the weight of each new image is its own attention under
+    ``attention_model`` (the scanned model, held by reference).
+    """
+
+    def __init__(self, generator: TriggerGenerator, weight: torch.Tensor | None, cfg,
+                 attention_model=None):
+        self.generator = generator.eval()
+        self.weight = weight
+        self.cfg = cfg
+        self.attention_model = attention_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def weight_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.cfg.mtr:
+            return None
+        if self.cfg.mtr_map == "per_image":
+            dev = next(self.attention_model.parameters()).device
+            with frozen(self.attention_model):
+                a = mtr_mod.input_attention(self.attention_model, x.to(dev)).to(x.device)
+            return mtr_mod.normalise_attention(a, self.cfg.mtr_norm, self.cfg.mtr_delta,
+                                               self.cfg.mtr_percentile, self.cfg.mtr_clip)[:, None]
+        return self.weight
+
+    def generate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G(x), x̃) for a batch already on the generator's device."""
+        w = self.weight_for(x)
+        with torch.no_grad():
+            gx = self.generator(x)
+            xt = gx if w is None else mtr_mod.blend(w.to(x.device), x, gx)
+        return gx, xt
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x̃ for images B×C×H×W in [0, 1], returned on the device of ``x``."""
+        return self.generate(x.to(self.device))[1].to(x.device)
+
+
+@dataclass
+class Search:
+    """One reverse-engineering run (one restart)."""
+
+    trigger: ReversedTrigger
+    seed: int
+    trajectory: list = field(default_factory=list)  # (step, [estimate])
+    history: list = field(default_factory=list)  # (step, terms dict)
+    pretrain_error: float | None = None
+    r_floor: float = 0.0
+    seconds: dict = field(default_factory=dict)
+
+
+def precompute_benign(model, images: BenignImages, cfg) -> dict:
+    """Benign outputs, feature angles and MTR attention for every image of D_b (model frozen)."""
+    weight = model.head.weight.detach()
+    ys, thetas, atts = [], [], []
+    for sl in images.chunks(max(cfg.batch_size, 64)):
+        x = images.get(sl)
+        with torch.no_grad():
+            h, y = model.forward_with_features(x)
+        ys.append(y.float())
+        thetas.append(feature_angles(h.float(), weight.float()))
+        if cfg.mtr:
+            a = mtr_mod.input_attention(model, x)
+            atts.append(mtr_mod.normalise_attention(a, cfg.mtr_norm, cfg.mtr_delta,
+                                                    cfg.mtr_percentile, cfg.mtr_clip).cpu())
+    return {"y": torch.cat(ys), "theta": torch.cat(thetas),
+            "attention": torch.cat(atts) if atts else None}
+
+
+def search_step(model, gen, opt, momentum, x, attention, theta_ref, benign_var, weight, cfg):
+    """One Adam step of reverse engineering on a batch; returns (outputs F(x̃), terms)."""
+    gx = gen(x)
+    xt = mtr_mod.blend(momentum.update(attention), x, gx) if cfg.mtr else gx
+    h, y = model.forward_with_features(xt)
+    loss, terms = objective(y.float(), h.float(), theta_ref, x, gx, xt, weight, cfg, benign_var)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return y.detach().float(), terms
+
+
+def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
+               progress: bool = True, desc: str = "DRMGuard") -> Search:
+    """Optimise G for ``cfg.steps`` Adam steps on D_b; returns the trigger and its trajectory."""
+    device = images.device
+    g = seed_everything(seed)
+    n = len(images)
+    c, hgt, wid = images.u8.shape[3], images.u8.shape[1], images.u8.shape[2]
+    gen = build_generator(cfg, c, (hgt, wid)).to(device)
+    search_seconds = {}
+    pre_err = None
+    if cfg.generator == "ia" and cfg.pretrain_steps > 0:
+        t0 = time.perf_counter()
+        pre_err = pretrain_identity(
+            gen, lambda: images.get(torch.randint(0, n, (min(cfg.batch_size, n),), generator=g)),
+            cfg.pretrain_steps, cfg.pretrain_lr, progress)
+        search_seconds["pretrain"] = time.perf_counter() - t0
+    r_floor = untouched_r(gen, images, cfg.batch_size)
+    weight = model.head.weight.detach().float()
+    momentum = mtr_mod.MomentumMap(cfg.mtr_beta, per_image=cfg.mtr_map == "per_image")
+    opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
+    bs = min(cfg.batch_size, n)
+    trajectory, history = [], []
+    order, pos = torch.randperm(n, generator=g), 0
+    gen.train()
+    t0 = time.perf_counter()
+    bar = progress_bar(range(cfg.steps), desc=desc, enabled=progress)
+    for step in bar:
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos:pos + bs]
+        pos += bs
+        x = images.get(idx)
+        att = bench["attention"][idx].to(device) if cfg.mtr else None
+        y, terms = search_step(model, gen, opt, momentum, x, att, bench["theta"][idx],
+                               output_variance(bench["y"][idx]), weight, cfg)
+        last = step == cfg.steps - 1
+        if step % cfg.track_every == 0 or last:
+            trajectory.append((step, y.mean(0).cpu().tolist()))
+            history.append((step, terms))
+            bar.set_postfix(loss=f"{terms['loss']:.3g}", var=f"{terms['output']:.2g}",
+                            l1=f"{terms['l1']:.2g}", rf=f"{terms['rf']:.2g}")
+    search_seconds["search"] = time.perf_counter() - t0
+    recalibrate_batchnorm(gen, (images.get(sl) for sl in images.chunks(bs)))
+    final_weight = momentum.weight().detach() if cfg.mtr else None
+    trigger = ReversedTrigger(gen, final_weight, cfg,
+                              attention_model=model if cfg.mtr_map == "per_image" else None)
+    return Search(trigger, seed, trajectory, history, pre_err, r_floor, search_seconds)
+
+
+@torch.no_grad()
+def untouched_r(gen: TriggerGenerator, images: BenignImages, batch_size: int) -> float:
+    """R of the generator before the search: mean ‖G(x) − x‖_1 / max ‖x‖_1 over D_b.
+
+    Exactly 0 for the residual parametrisations; the reconstruction floor for ``ia``.
+    """
+    l1, norm_max = 0.0, 0.0
+    was_training = gen.training
+    gen.eval()
+    for sl in images.chunks(batch_size):
+        x = images.get(sl)
+        l1 += float((gen(x) - x).abs().flatten(1).sum(1).sum())
+        norm_max = max(norm_max, float(x.flatten(1).sum(1).max()))
+    gen.train(was_training)
+    return l1 / len(images) / max(norm_max, _EPS)

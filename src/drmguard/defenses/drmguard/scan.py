@@ -1,0 +1,210 @@
+"""``scan``: reverse-engineer a trigger on D_b, identify, estimate the target vector.
+
+:class:`ScanResult` keeps everything a report needs (verdict, R, collapse, target estimate and
+its trajectory, sample images, the MTR map, timings, the configuration) plus the reversed
+trigger function itself (``result.reverse(x)``), which mitigation fine-tunes against.
+
+``ScanResult.to_dict()`` schema (``schema = "drmguard.scan/1"``; JSON-safe, no arrays)::
+
+    defense, schema, task, target_names, seed, n_benign,
+    backdoored (bool), status ("backdoored" | "benign" | "no cheap trigger found"),
+    R, tau, collapse_ratio, collapse_threshold, score (higher = more suspicious; see identify),
+    target_estimate [K], reversed_output_std [K], benign_output_std [K],
+    rav, rnv, r_floor, mean_abs_change_per_pixel,
+    objective {loss, output, l1, rf}          (final terms over all of D_b)
+    trajectory [{step, estimate [K]}]         (target estimate during the chosen search)
+    restarts [{seed, R, collapse_ratio, objective, pretrain_error, r_floor}]
+    chosen_restart, residual_scale, timings {seconds...}, config {DRMGuardConfig}
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...data.base import ArrayDataset
+from ...errors import DrmguardError
+from ...tasks import Task
+from ...utils import resolve_device
+from .config import DRMGuardConfig, default_config
+from .identify import detection_score, evaluate_trigger, verdict
+from .reverse import BenignImages, ReversedTrigger, frozen, precompute_benign, run_search
+
+SCHEMA = "drmguard.scan/1"
+
+
+@dataclass
+class ScanResult:
+    backdoored: bool
+    status: str
+    r_score: float
+    tau: float
+    collapse_ratio: float
+    collapse_threshold: float
+    score: float
+    target_estimate: list[float]
+    trajectory: list[tuple[int, list[float]]]
+    benign_images: np.ndarray  # n×H×W×C uint8
+    reversed_images: np.ndarray  # n×H×W×C uint8
+    residual_images: np.ndarray  # n×H×W×C uint8: |x̃ − x| / residual_scale
+    residual_scale: float
+    attention: np.ndarray | None  # H×W float32 in [0,1): the final MTR map
+    timings: dict
+    config: dict
+    task: str = "generic"
+    target_names: list[str] = field(default_factory=list)
+    seed: int = 0
+    n_benign: int = 0
+    metrics: dict = field(default_factory=dict)  # rav, rnv, stds, objective, r_floor ...
+    restarts: list[dict] = field(default_factory=list)
+    chosen_restart: int = 0
+    trigger: ReversedTrigger | None = field(default=None, repr=False)
+
+    def reverse(self, x: torch.Tensor) -> torch.Tensor:
+        """The reversed trigger function: images B×C×H×W in [0,1] -> x̃ (no gradients)."""
+        if self.trigger is None:
+            raise DrmguardError("this scan result holds no trigger function (loaded from JSON?)")
+        return self.trigger(x)
+
+    def to_dict(self) -> dict:
+        m = self.metrics
+        return {
+            "defense": "drmguard", "schema": SCHEMA, "task": self.task,
+            "target_names": list(self.target_names), "seed": self.seed,
+            "n_benign": self.n_benign, "backdoored": bool(self.backdoored),
+            "status": self.status, "R": self.r_score, "tau": self.tau,
+            "collapse_ratio": self.collapse_ratio,
+            "collapse_threshold": self.collapse_threshold, "score": self.score,
+            "target_estimate": list(self.target_estimate),
+            "reversed_output_std": m.get("reversed_output_std"),
+            "benign_output_std": m.get("benign_output_std"),
+            "rav": m.get("rav"), "rnv": m.get("rnv"), "r_floor": m.get("r_floor"),
+            "mean_abs_change_per_pixel": m.get("mean_abs_change_per_pixel"),
+            "objective": m.get("objective"),
+            "trajectory": [{"step": int(s), "estimate": list(e)} for s, e in self.trajectory],
+            "restarts": list(self.restarts), "chosen_restart": self.chosen_restart,
+            "residual_scale": self.residual_scale, "timings": dict(self.timings),
+            "config": dict(self.config),
+        }
+
+    def save_images(self, out_dir, min_height: int = 96) -> dict[str, str]:
+        """Write strips of the sample images (benign, reversed, residual) and the MTR map as
+        PNGs (nearest-neighbour upscaled to ``min_height`` px); returns name -> path."""
+        from PIL import Image
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name in ("benign", "reversed", "residual"):
+            arr = getattr(self, f"{name}_images")
+            if arr is None or len(arr) == 0:
+                continue
+            strip = np.concatenate(list(arr), axis=1)
+            paths[name] = str(_save_png(strip, out / f"{name}.png", min_height, Image))
+        if self.attention is not None:
+            a = np.clip(self.attention, 0, 1) * 255
+            paths["attention"] = str(_save_png(a.round().astype(np.uint8), out / "attention.png",
+                                               min_height, Image))
+        return paths
+
+
+def _save_png(arr: np.ndarray, path: Path, min_height: int, Image) -> Path:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    img = Image.fromarray(arr)
+    factor = max(1, int(np.ceil(min_height / arr.shape[0])))
+    if factor > 1:
+        img = img.resize((arr.shape[1] * factor, arr.shape[0] * factor), Image.NEAREST)
+    img.save(path)
+    return path
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _check_inputs(model, benign: ArrayDataset, task: Task) -> None:
+    if len(benign) < 2:
+        raise DrmguardError(f"DRMGuard needs at least 2 benign images, got {len(benign)}")
+    if benign.image_size != tuple(model.input_size):
+        raise DrmguardError(f"benign images are {benign.image_size[0]}×{benign.image_size[1]} "
+                            f"but the model takes {model.input_size[0]}×{model.input_size[1]}")
+    if benign.channels != model.in_channels:
+        raise DrmguardError(f"benign images have {benign.channels} channels, the model "
+                            f"{model.in_channels}")
+    if model.num_outputs != task.dim:
+        raise DrmguardError(f"the model has {model.num_outputs} outputs, task {task.name} "
+                            f"{task.dim}")
+
+
+def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None = None,
+         seed: int = 0, progress: bool = True) -> ScanResult:
+    """Scan ``model`` with DRMGuard on the defender's benign set; the model is not modified."""
+    cfg = config or default_config("cpu", task.name)
+    _check_inputs(model, benign, task)
+    device = resolve_device(cfg.device)
+    t_start = time.perf_counter()
+    images = BenignImages(benign.images, device)
+    model_device = next(model.parameters()).device
+    model.to(device)
+    try:
+        with frozen(model):
+            t0 = time.perf_counter()
+            bench = precompute_benign(model, images, cfg)
+            t_bench = time.perf_counter() - t0
+            runs = []
+            for r in range(cfg.restarts):
+                run_seed = seed + 1000 * r
+                desc = "DRMGuard" + (f" {r + 1}/{cfg.restarts}" if cfg.restarts > 1 else "")
+                search = run_search(model, images, bench, cfg, run_seed, progress, desc)
+                t0 = time.perf_counter()
+                ev = evaluate_trigger(model, search.trigger, images, bench, cfg)
+                search.seconds["evaluate"] = time.perf_counter() - t0
+                runs.append((search, ev))
+            best = min(range(len(runs)), key=lambda i: runs[i][1]["objective"]["loss"])
+            search, ev = runs[best]
+            samples = _samples(search.trigger, images, cfg.n_sample_images)
+    finally:
+        model.to(model_device)
+    backdoored, status = verdict(ev["R"], ev["collapse_ratio"], cfg.tau, cfg.collapse_threshold)
+    timings = {"benign_pass": t_bench, "total": time.perf_counter() - t_start}
+    for key in ("pretrain", "search", "evaluate"):
+        timings[key] = sum(s.seconds.get(key, 0.0) for s, _ in runs)
+    metrics = {k: ev[k] for k in ("rav", "rnv", "reversed_output_std", "benign_output_std",
+                                  "mean_abs_change_per_pixel", "objective")}
+    metrics["r_floor"] = search.r_floor
+    restarts = [{"seed": s.seed, "R": e["R"], "collapse_ratio": e["collapse_ratio"],
+                 "objective": e["objective"]["loss"], "pretrain_error": s.pretrain_error,
+                 "r_floor": s.r_floor} for s, e in runs]
+    mtr_map = search.trigger.weight
+    if cfg.mtr and cfg.mtr_map == "per_image":
+        mtr_map = bench["attention"].mean(0)[None, None]
+    return ScanResult(
+        backdoored=backdoored, status=status, r_score=ev["R"], tau=cfg.tau,
+        collapse_ratio=ev["collapse_ratio"], collapse_threshold=cfg.collapse_threshold,
+        score=detection_score(ev["R"], ev["collapse_ratio"], cfg.collapse_threshold),
+        target_estimate=ev["target_estimate"], trajectory=search.trajectory,
+        benign_images=samples["benign"], reversed_images=samples["reversed"],
+        residual_images=samples["residual"], residual_scale=samples["scale"],
+        attention=None if mtr_map is None else mtr_map[0, 0].float().cpu().numpy(),
+        timings=timings, config=cfg.to_dict(), task=task.name,
+        target_names=list(task.target_names), seed=seed, n_benign=len(benign),
+        metrics=metrics, restarts=restarts, chosen_restart=best, trigger=search.trigger)
+
+
+def _samples(trigger: ReversedTrigger, images: BenignImages, n: int) -> dict:
+    n = min(n, len(images))
+    if n == 0:
+        empty = np.zeros((0, *images.u8.shape[1:]), np.uint8)
+        return {"benign": empty, "reversed": empty, "residual": empty, "scale": 0.0}
+    idx = torch.from_numpy(np.linspace(0, len(images) - 1, n).round().astype(np.int64))
+    x = images.get(idx)
+    xt = trigger.generate(x)[1]
+    res = (xt - x).abs()
+    scale = float(res.max())
+    return {"benign": _to_uint8(x), "reversed": _to_uint8(xt),
+            "residual": _to_uint8(res / scale if scale > 0 else res), "scale": scale}

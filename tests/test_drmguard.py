@@ -1,0 +1,252 @@
+"""DRMGuard: objective terms, MTR weights, identification, generator, scan and mitigation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from drmguard.data.base import ArrayDataset
+from drmguard.defenses.base import Detection
+from drmguard.defenses.drmguard import (DRMGuardConfig, ScanResult, default_config,
+                                        make_detector, make_mitigator, mitigate, scan)
+from drmguard.defenses.drmguard import identify, mtr, reverse
+from drmguard.defenses.drmguard.generator import TriggerGenerator
+from drmguard.errors import DrmguardError
+from drmguard.models.split import RegressionModel
+from drmguard.tasks import get_task
+
+torch.set_num_threads(1)
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+class TinyConv(nn.Module):
+    def __init__(self, k: int = 2):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.fc = nn.Linear(16, k)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def tiny_model(seed: int = 0) -> RegressionModel:
+    torch.manual_seed(seed)
+    return RegressionModel(TinyConv(), (16, 16), 3, mean=[0.5] * 3, std=[0.25] * 3).eval()
+
+
+def tiny_data(n: int = 24, seed: int = 0) -> ArrayDataset:
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    return ArrayDataset(imgs, rng.normal(0, 0.2, (n, 2)).astype(np.float32), "gaze")
+
+
+def tiny_cfg(**kw) -> DRMGuardConfig:
+    base = dict(steps=4, batch_size=8, gen_width=4, track_every=2, ft_epochs=1,
+                ft_batch_size=8, n_sample_images=3, device="cpu")
+    base.update(kw)
+    return default_config("tiny", "gaze", **base)
+
+
+# --- objective terms against hand-computed values ---------------------------------------------
+def test_output_term_is_mean_population_variance():
+    y = torch.tensor([[1.0, 2.0], [3.0, 6.0]])  # variances 1 and 4
+    assert reverse.output_term(y).item() == pytest.approx(2.5)
+    # scale-free: (1/1 + 4/2) / 2
+    assert reverse.output_term(y, torch.tensor([1.0, 2.0])).item() == pytest.approx(1.5)
+
+
+def test_input_l1_mean_and_sum_conventions():
+    diff = torch.zeros(2, 3, 2, 2)
+    diff[0, 0, 0, 0] = 0.6  # image 0: sum 0.6
+    diff[1] = -0.1  # image 1: sum 1.2
+    assert reverse.input_l1(diff, "sum").item() == pytest.approx((0.6 + 1.2) / 2)
+    assert reverse.input_l1(diff, "mean").item() == pytest.approx((0.6 + 1.2) / 2 / 12)
+
+
+def test_feature_angles_and_rav_by_hand():
+    w = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    h = torch.tensor([[1.0, 1.0], [0.0, 3.0], [2.0, 0.0]])
+    theta = reverse.feature_angles(h, w)
+    expected = torch.tensor([[math.pi / 4, math.pi / 4], [math.pi / 2, 0.0], [0.0, math.pi / 2]])
+    assert torch.allclose(theta, expected, atol=2e-3)  # acos is clamped 1e-6 inside [-1, 1]
+    ref = torch.tensor([[0.0, 0.0], [2.0, 1.0]])  # variances 1 and 0.25
+    cur = torch.tensor([[0.0, 0.0], [1.0, 0.5]])  # variances 0.25 and 0.0625
+    assert reverse.angle_variance_ratio(cur, ref).item() == pytest.approx(0.25)
+    assert reverse.angle_variance_ratio(cur, ref, "ratio_of_sums").item() == pytest.approx(
+        (0.25 + 0.0625) / 1.25)
+
+
+def test_objective_on_toy_linear_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))  # h = normalised x flattened
+    model = RegressionModel(net, (2, 2), 3).eval()
+    x = torch.rand(5, 3, 2, 2)
+    gx = (x + 0.1).clamp(0, 1)
+    xt = 0.5 * x + 0.5 * gx
+    h, y = model.forward_with_features(xt)
+    theta_ref = reverse.feature_angles(x.flatten(1), net[1].weight)
+    cfg = default_config("tiny", "gaze", lambda1=3.0, lambda3=7.0, l1_on="generator")
+    loss, terms = reverse.objective(y, h, theta_ref, x, gx, xt, net[1].weight.detach(), cfg)
+    var = y.var(0, unbiased=False).mean()
+    l1 = (gx - x).abs().flatten(1).mean(1).mean()
+    th = reverse.feature_angles(xt.flatten(1), net[1].weight)
+    rf = (th.var(0, unbiased=False) / theta_ref.var(0, unbiased=False)).mean()
+    assert terms["output"] == pytest.approx(var.item(), rel=1e-5)
+    assert terms["l1"] == pytest.approx(l1.item(), rel=1e-5)
+    assert terms["rf"] == pytest.approx(rf.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(3.0 * var.item() + l1.item() + 7.0 * rf.item(), rel=1e-5)
+    cfg_b = cfg.with_overrides(l1_on="blend")
+    _, terms_b = reverse.objective(y, h, theta_ref, x, gx, xt, net[1].weight.detach(), cfg_b)
+    assert terms_b["l1"] == pytest.approx(l1.item() / 2, rel=1e-5)
+
+
+# --- MTR ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["max", "percentile"])
+def test_mtr_weights_in_unit_interval(norm):
+    a = torch.rand(4, 8, 8) ** 3 * 10
+    a[0] = 0.0  # a flat map must not divide by zero
+    w = mtr.normalise_attention(a, norm, delta=1e-3, percentile=80, clip=0.99)
+    assert w.shape == a.shape
+    assert (w >= 0).all() and (w < 1).all()
+    if norm == "percentile":
+        assert (w[1:] == 0.99).float().mean() > 0.15  # the top ~20 % are clipped
+
+
+def test_mtr_momentum_and_blend():
+    m = mtr.MomentumMap(beta=0.9)
+    a1, a2 = torch.full((2, 4, 4), 0.5), torch.full((3, 4, 4), 0.1)
+    assert torch.allclose(m.update(a1), torch.full((1, 1, 4, 4), 0.5))
+    assert torch.allclose(m.update(a2), torch.full((1, 1, 4, 4), 0.9 * 0.5 + 0.1 * 0.1))
+    per = mtr.MomentumMap(per_image=True)
+    assert per.update(a2).shape == (3, 1, 4, 4)
+    x, g = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    assert torch.allclose(mtr.blend(torch.full((1, 1, 4, 4), 0.25), x, g), torch.full_like(x, 0.75))
+
+
+def test_attention_leaves_model_gradients_alone():
+    model = tiny_model()
+    a = mtr.input_attention(model, torch.rand(3, 3, 16, 16))
+    assert a.shape == (3, 16, 16) and (a >= 0).all()
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --- identification ---------------------------------------------------------------------------
+def test_identification_monotone_in_r_and_needs_collapse():
+    rs = [0.0, 0.001, 0.01, 0.029, 0.031, 0.2, 5.0]
+    scores = [identify.detection_score(r, 0.05, 0.25) for r in rs]
+    assert all(a >= b for a, b in zip(scores, scores[1:]))
+    for r, s in zip(rs, scores):
+        back, status = identify.verdict(r, 0.05, 0.03, 0.25)
+        assert back == (r < 0.03) == (s > -0.03)
+        assert status == ("backdoored" if back else "benign")
+    # pitfall 6: a tiny perturbation that never collapsed the outputs is not a detection
+    back, status = identify.verdict(1e-4, 0.9, 0.03, 0.25)
+    assert not back and status == "no cheap trigger found"
+    assert identify.detection_score(1e-4, 0.9, 0.25) < identify.detection_score(5.0, 0.2, 0.25)
+    assert identify.detection_score(1e-4, 0.9, 0.25) > identify.detection_score(1e-4, 1.5, 0.25)
+
+
+def test_r_score_definition():
+    l1 = torch.tensor([1.0, 3.0])
+    norms = torch.tensor([10.0, 40.0])
+    assert identify.r_score(l1, norms) == pytest.approx(2.0 / 40.0)
+    y_ben = torch.tensor([[0.0, 0.0], [2.0, 4.0]])
+    y_rev = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    assert identify.collapse_ratio(y_rev, y_ben) == pytest.approx((0.25 / 1.0 + 0.0) / 2)
+
+
+# --- generator ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["residual", "unet"])
+def test_residual_generators_are_exact_identity_at_init(kind):
+    gen = TriggerGenerator(kind, 3, (16, 16), width=4, static_pattern=True).train()
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(gen(x), x)
+    images = reverse.BenignImages((x.permute(0, 2, 3, 1) * 255).round().byte().numpy(),
+                                  torch.device("cpu"))
+    assert reverse.untouched_r(gen, images, 2) == 0.0
+
+
+def test_ia_generator_output_range_and_size_check():
+    gen = TriggerGenerator("ia", 3, (16, 24), width=4)
+    out = gen(torch.rand(2, 3, 16, 24))
+    assert out.shape == (2, 3, 16, 24) and (out > 0).all() and (out < 1).all()
+    with pytest.raises(DrmguardError, match="divisible by 8"):
+        TriggerGenerator("residual", 3, (20, 16))
+
+
+def test_config_rejects_bad_options():
+    with pytest.raises(DrmguardError):
+        default_config("cpu", "gaze", generator="vae")
+    with pytest.raises(DrmguardError):
+        default_config("cpu", "gaze", no_such_option=1)
+    with pytest.raises(DrmguardError):
+        DRMGuardConfig(mtr_clip=1.0)
+
+
+# --- scan and mitigation ------------------------------------------------------------------------
+def test_scan_is_well_formed_and_leaves_model_untouched(tmp_path):
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = scan(model, data, task, tiny_cfg(), seed=3, progress=False)
+    assert isinstance(res, ScanResult)
+    assert res.status in ("backdoored", "benign", "no cheap trigger found")
+    assert res.backdoored == (res.status == "backdoored")
+    d = res.to_dict()
+    json.dumps(d)  # JSON-safe
+    assert d["schema"] == "drmguard.scan/1" and len(d["target_estimate"]) == 2
+    assert d["trajectory"][0]["step"] == 0 and d["trajectory"][-1]["step"] == 3
+    assert res.benign_images.shape == (3, 16, 16, 3) and res.reversed_images.dtype == np.uint8
+    assert res.attention.shape == (16, 16)
+    assert (res.attention >= 0).all() and (res.attention < 1).all()
+    paths = res.save_images(tmp_path)
+    assert set(paths) == {"benign", "reversed", "residual", "attention"}
+    x = torch.rand(2, 3, 16, 16)
+    assert res.reverse(x).shape == x.shape
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_same_seed_same_score():
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    a = scan(model, data, task, tiny_cfg(), seed=1, progress=False)
+    b = scan(model, data, task, tiny_cfg(), seed=1, progress=False)
+    assert a.score == b.score and a.r_score == b.r_score
+    assert a.target_estimate == b.target_estimate
+
+
+def test_detector_interface():
+    det = make_detector("tiny", "gaze", steps=3, batch_size=8, gen_width=4, device="cpu")
+    out = det.detect(tiny_model(), tiny_data(), get_task("gaze"), seed=0, progress=False)
+    assert isinstance(out, Detection) and out.defense == "drmguard"
+    assert out.threshold == pytest.approx(-det.config.tau)
+    assert out.backdoored == (out.score > out.threshold)
+
+
+def test_mitigate_returns_new_model_and_keeps_input():
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new, info = mitigate(model, data, task, config=tiny_cfg(), seed=0, progress=False)
+    assert new is not model
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, new.state_dict()[k]) for k, v in before.items()
+               if v.is_floating_point())
+    assert info["scan"]["schema"] == "drmguard.scan/1" and info["finetune"]["steps"] > 0
+    mit = make_mitigator("tiny", "gaze", steps=3, batch_size=8, gen_width=4, ft_epochs=1,
+                         device="cpu")
+    new2, _ = mit.mitigate(model, data, task, seed=0, progress=False)
+    assert new2 is not model
+
+
+def test_scan_rejects_mismatched_data():
+    model, task = tiny_model(), get_task("gaze")
+    bad = ArrayDataset(np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 2), np.float32), "gaze")
+    with pytest.raises(DrmguardError, match="model takes"):
+        scan(model, bad, task, tiny_cfg(), progress=False)
