@@ -209,6 +209,28 @@ def test_clean_label_group_is_relabelled_and_pgd_runs():
     assert meta["attack"]["config"]["epsilon"] == pytest.approx(info["epsilon"])
 
 
+@pytest.mark.parametrize("name", ["wanet", "ia", "adaptive"])
+def test_custom_training_schemes_run_and_record_themselves(name):
+    a = build(name)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    cfg = attack_train_config(name, "tiny", "gaze", 0)
+    model, meta = a.train_backdoored(gaze_dataset(), GAZE, "small_resnet", cfg,
+                                     {"widths": [8, 16]}, progress=False)
+    assert meta["attack"]["name"] == name and meta["history"]["steps"] > 0
+    assert torch.isfinite(model(images(2))).all()
+    after = a.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    if name == "ia":  # both generators were trained; the trigger stays deterministic
+        assert any(k.startswith("pattern.") for k in changed)
+        assert any(k.startswith("mask.") for k in changed)
+        assert meta["attack_training"]["mask_steps"] > 0
+        assert torch.equal(a.apply(images()), a.apply(images()))
+    else:  # a fixed warp
+        assert not changed
+    if name == "adaptive":
+        assert meta["attack_training"]["final_abs_rav_minus_1"] is not None
+
+
 # --- WaNet's warp field ----------------------------------------------------------------------
 
 def test_wanet_grid_matches_its_definition_by_hand():

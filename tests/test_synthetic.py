@@ -171,15 +171,16 @@ def test_generation_with_progress_bar(capsys):
     assert len(ds) == 5
 
 
-@pytest.mark.parametrize("make", [
-    lambda: synth_gaze(20, size=32, subjects=3),
-    lambda: synth_headpose(20, size=32, subjects=3),
-    lambda: ArrayDataset(np.zeros((5, 16, 16, 1), np.uint8), np.arange(10.0).reshape(5, 2))])
-def test_preview_writes_png(tmp_path, make):
-    out = tmp_path / "sub" / "grid.png"
-    path = preview_grid(make(), str(out), n=6, seed=1)
-    assert path == str(out)
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_preview_writes_png(tmp_path):
+    datasets = {"gaze": synth_gaze(12, size=32, subjects=3),
+                "headpose": synth_headpose(12, size=32, subjects=3),
+                "generic": ArrayDataset(np.zeros((5, 16, 16, 1), np.uint8),
+                                        np.arange(10.0).reshape(5, 2))}
+    for name, ds in datasets.items():
+        out = tmp_path / "sub" / f"{name}.png"
+        path = preview_grid(ds, str(out), n=6, seed=1)
+        assert path == str(out)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_preview_rejects_bad_count(tmp_path):

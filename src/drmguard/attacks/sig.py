@@ -13,6 +13,12 @@ Poisoning modes (option ``mode``):
 
 ``delta_test`` (default: Δ) is the amplitude of the test-time trigger ``apply``; the original
 attack uses a stronger signal at test time.
+
+The default is ``nearly_clean``: on the synthetic gaze task (cpu profile) it implants the
+backdoor (AE 1.1° vs clean error 4.4°) while changing labels only by up to the distance of the
+10%-nearest label (about 9°), whereas the strictly label-consistent ``clean`` mode does not
+(AE 11.7°: the model reads those images' labels from their content and ignores the signal);
+``dirty`` works too (AE 0.8°) but relabels arbitrary samples. See results/attacks-*.md.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ MODES = ("clean", "nearly_clean", "dirty")
 
 class SIG(Attack):
     name = "sig"
-    defaults = {"rate": 0.1, "delta": 20 / 255, "freq": 6, "delta_test": None, "mode": "dirty"}
+    defaults = {"rate": 0.1, "delta": 20 / 255, "freq": 6, "delta_test": None,
+                "mode": "nearly_clean"}
     state_keys = ("signal",)
 
     def _validate(self) -> None:

@@ -1,8 +1,9 @@
 """Built-in synthetic gaze and head-pose datasets: drmguard's default data, generated anywhere.
 
-Both generators ray-cast a small scene of ellipsoids under an orthographic camera, fully
-vectorised in numpy over a chunk of images, and return an :class:`ArrayDataset` of uint8 RGB
-images N×S×S×3.
+Both generators ray-cast a small scene of ellipsoids under an orthographic camera, vectorised
+in numpy over a chunk of images (small features are computed in per-image windows only), with
+edges anti-aliased over one pixel so that sub-pixel motion changes pixel values continuously.
+They return an :class:`ArrayDataset` of uint8 RGB images N×S×S×3 (S a multiple of 8, 8..1024).
 
 Frames and angle conventions
 ----------------------------
@@ -32,14 +33,16 @@ the image.
     A whole head (ellipsoid with skin, hair, eyes, brows, mouth, optional beard and glasses as
     surface texture, plus nose and ear ellipsoids) rotated by yaw ±60°, pitch ±40°, roll ±30°
     (uniform), on a background with a torso. Labels (yaw, pitch, roll) in degrees. Occlusion is
-    resolved per pixel: objects are painted back to front (by centre depth) with a depth test,
-    and each surface shows only its camera-facing side.
+    resolved per pixel: each ray keeps the nearest hit of the head ellipsoid, face texture lives
+    only on the head's front half, and the nose and ears are painted over the head with a depth
+    test against its surface (the far ear hides behind the head, the buried half of the nose
+    stays hidden).
 
 Every subject's identity (skin tone, face shape, eye spacing and size, iris colour, hair colour
 and style, brows, nose, mouth, glasses, beard...) is drawn from its own RNG seeded by
 ``(seed, task, subject)``, so subject ``k`` looks the same in every call with the same seed and
 subject-wise splits test generalisation to new faces. Per image nuisances: lighting direction
-and ambient level, colour cast, brightness/contrast/gamma, background colours and edges, small
+and ambient level, colour cast, brightness and contrast, background colours and edges, small
 translation and scale jitter, pupil size, blur and sensor noise. Same arguments give
 byte-identical arrays.
 """
@@ -64,6 +67,9 @@ HEADPOSE_RANGES_DEG = {"yaw": 60.0, "pitch": 40.0, "roll": 30.0}
 
 _MIN_SIZE, _MAX_SIZE = 8, 1024
 _CHUNK_PIXELS = 1 << 17  # pixels per chunk: arrays stay cache-sized, numpy overhead amortised
+_HEAD_ZOOM = 1.15  # head units -> image units for synth_headpose (the head fills the frame)
+# bump whenever the rendered images or labels change: cached zoo models depend on it
+SYNTHETIC_VERSION = 2
 _TAG = {"gaze": 1, "headpose": 2}  # separates the two generators' random streams
 _F = np.float32
 
@@ -226,7 +232,8 @@ class _Window:
         b = np.arange(len(cx))[:, None, None]
         self._flat3 = (b * size + self.rows[:, :, None]) * size + self.cols[:, None, :]
         bc = b[:, None] * 3 + np.arange(3)[None, :, None, None]
-        self._flat4 = (bc * size + self.rows[:, None, :, None]) * size + self.cols[:, None, None, :]
+        rows4, cols4 = self.rows[:, None, :, None], self.cols[:, None, None, :]
+        self._flat4 = (bc * size + rows4) * size + cols4
 
     @staticmethod
     def _axis(grid, centre, half) -> np.ndarray:
@@ -346,7 +353,7 @@ def _nuisance(rng, n) -> dict:
         "bg_soft": np.exp(unif(np.log(0.02), np.log(1.5), n)),
         "gain": unif(0.9, 1.1, (n, 3)), "bright": unif(0.8, 1.15, n),
         "contrast": unif(0.8, 1.15, n),
-        "blur": unif(0.0, 0.5, n), "noise": unif(0.004, 0.02, n),
+        "blur": unif(0.0, 0.35, n), "noise": unif(0.003, 0.012, n),
         "shift_x": unif(-0.04, 0.04, n), "shift_y": unif(-0.04, 0.04, n),
         "scale": unif(0.96, 1.04, n),
     }
@@ -415,21 +422,21 @@ def _common_identity(rng) -> dict:
 # ---------------------------------------------------------------------------------------------
 def _gaze_identity(rng) -> dict:
     ident = _common_identity(rng)
-    eye_w = rng.uniform(0.17, 0.21)
+    eye_w = rng.uniform(0.20, 0.23)
     ident.update({
         "face_ax": rng.uniform(0.80, 0.94), "face_ay": rng.uniform(1.08, 1.22),
         "face_az": rng.uniform(0.72, 0.80),
         "eye_x": rng.uniform(0.33, 0.40), "eye_y": rng.uniform(-0.27, -0.19),
-        "eye_w": eye_w, "lid_up": rng.uniform(0.38, 0.44) * eye_w,
-        "lid_low": rng.uniform(0.26, 0.30) * eye_w, "eye_tilt": rng.uniform(-0.015, 0.015),
-        "ball_r": eye_w * rng.uniform(0.90, 0.94), "iris_r": rng.uniform(0.44, 0.50),
+        "eye_w": eye_w, "lid_up": rng.uniform(0.44, 0.50) * eye_w,
+        "lid_low": rng.uniform(0.30, 0.34) * eye_w, "eye_tilt": rng.uniform(-0.015, 0.015),
+        "ball_r": eye_w * rng.uniform(0.98, 1.02), "iris_r": rng.uniform(0.38, 0.43),
         "brow_gap": rng.uniform(0.10, 0.15), "brow_t": rng.uniform(0.018, 0.035),
         "hairline": rng.uniform(-0.95, -0.68), "hair_len": rng.uniform(-0.3, 1.0),
         "nose_w": rng.uniform(0.11, 0.15), "nose_l": rng.uniform(0.16, 0.21),
         "nose_d": rng.uniform(0.10, 0.13),
         "mouth_y": rng.uniform(0.50, 0.62), "mouth_w": rng.uniform(0.20, 0.28),
         "mouth_h": rng.uniform(0.035, 0.06),
-        "glasses": float(rng.uniform() < 0.3), "glass_t": rng.uniform(0.022, 0.04),
+        "glasses": float(rng.uniform() < 0.2), "glass_t": rng.uniform(0.022, 0.04),
     })
     return ident
 
@@ -444,7 +451,7 @@ def _gaze_pose(rng, n) -> dict:
     gaze, label = _gaze_labels(head, eye)
     return {"head": head, "eye": eye, "gaze_vec": gaze, "label": label,
             "openness": rng.uniform(0.96, 1.04, n), "pupil": rng.uniform(0.35, 0.55, n),
-            "glint": rng.uniform(0.0, 0.7, n)}
+            "glint": rng.uniform(0.0, 0.5, n)}
 
 
 def _gaze_labels(head_deg, eye_rad) -> tuple[np.ndarray, np.ndarray]:
@@ -560,7 +567,7 @@ def _gaze_eye(col, p, win, x, y, side, rot, centre, sc, gvec, light, px) -> None
 
     # eyeball: a sphere behind the opening, iris and pupil centred on the gaze direction
     r = p["ball_r"]
-    ez = _surface_z(ex, ey, p["face_ax"], p["face_ay"], p["face_az"]) + 0.55 * r
+    ez = _surface_z(ex, ey, p["face_ax"], p["face_ay"], p["face_az"]) + 0.45 * r
     ec = _place(centre, rot, sc, np.stack([ex, ey, ez], 1))
     rad = r * sc
     dx, dy = win.u - _s(ec[:, 0]), win.v - _s(ec[:, 1])
@@ -636,7 +643,7 @@ def _head_pose(rng, n) -> dict:
 def _render_head(p, grid) -> np.ndarray:
     px = _F(2.0 / len(grid))
     u, v = grid[None, None, :], grid[None, :, None]
-    bsz, sc = len(p["scale"]), p["scale"]
+    bsz, sc = len(p["scale"]), p["scale"] * _F(_HEAD_ZOOM)
     zeros = np.zeros(bsz, _F)
     lab = p["label"]
     rot = _rotations(lab[:, 0], lab[:, 1], lab[:, 2])

@@ -63,7 +63,25 @@ class ModelSpec:
         return d
 
     def key(self) -> str:
-        return _hash({"v": CACHE_VERSION, **self.to_dict(), "arch": self.arch_name})
+        """Content hash: the spec plus everything it resolves to (the profile's data and
+        schedule, the attack's defaults and schedule, the synthetic generator's version), so a
+        change of any default retrains instead of reusing a stale model."""
+        from dataclasses import asdict as _asdict
+
+        from ..data.synthetic import SYNTHETIC_VERSION
+
+        resolved = {"profile": _asdict(get_profile(self.profile)),
+                    "synthetic": SYNTHETIC_VERSION}
+        if self.attack is not None:
+            from ..attacks import attack_class, attack_train_config
+
+            cls = attack_class(self.attack)
+            resolved["attack_defaults"] = {**cls.defaults,
+                                           **cls.profile_defaults.get(self.profile, {})}
+            resolved["attack_train"] = attack_train_config(self.attack, self.profile, self.task,
+                                                           self.seed).to_dict()
+        return _hash({"v": CACHE_VERSION, **self.to_dict(), "arch": self.arch_name,
+                      "resolved": resolved})
 
     def label(self) -> str:
         kind = self.attack or "benign"

@@ -53,6 +53,9 @@ class DRMGuardConfig:
     scale_free: bool = False  # divide the output-space term by the benign output variance
     l1_on: str = "generator"  # L1 of G(x) − x, or of the blended x̃ − x
     l1_reduction: str = "mean"  # per-image mean (per-pixel scale) or sum over C×H×W
+    l1_weight: float = 1.0  # weight of the input-space term (1 in the paper)
+    l1_warmup: float = 0.0  # fraction of the steps over which the L1 weight ramps up
+    l1_warmup_start: float = 0.01  # ramp start, relative to l1_weight
     rav_aggregation: str = "mean_of_ratios"
     track_every: int = 10  # trajectory of the target estimate, every N steps
 
@@ -103,7 +106,11 @@ class DRMGuardConfig:
             if not getattr(self, name) > 0:
                 raise DrmguardError(f"DRMGuard option {name} must be positive, got "
                                     f"{getattr(self, name)}")
-        for name in ("pretrain_steps", "lambda1", "lambda3", "ft_epochs", "ft_lr",
+        if not 0 <= self.l1_warmup <= 1:
+            raise DrmguardError(f"l1_warmup must be in [0, 1], got {self.l1_warmup}")
+        if not 0 < self.l1_warmup_start <= 1:
+            raise DrmguardError(f"l1_warmup_start must be in (0, 1], got {self.l1_warmup_start}")
+        for name in ("pretrain_steps", "lambda1", "lambda3", "l1_weight", "ft_epochs", "ft_lr",
                      "n_sample_images", "mtr_delta"):
             if getattr(self, name) < 0:
                 raise DrmguardError(f"DRMGuard option {name} must be >= 0, got "

@@ -166,7 +166,7 @@ def pretrain_identity(gen: TriggerGenerator, sample: Callable[[], torch.Tensor],
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return float(sum(losses[-20:]) / len(losses[-20:]))
 
 

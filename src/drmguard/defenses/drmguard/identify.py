@@ -106,6 +106,6 @@ def evaluate_trigger(model, trigger: ReversedTrigger, images: BenignImages, benc
         "reversed_output_std": y_rev.std(0, unbiased=False).tolist(),
         "benign_output_std": y_ben.std(0, unbiased=False).tolist(),
         "mean_abs_change_per_pixel": float(l1s.mean() / images.u8[0].numel()),
-        "objective": {"loss": cfg.lambda1 * out_term + l1_term + cfg.lambda3 * rav,
+        "objective": {"loss": cfg.lambda1 * out_term + cfg.l1_weight * l1_term + cfg.lambda3 * rav,
                       "output": out_term, "l1": l1_term, "rf": rav},
     }

@@ -64,12 +64,27 @@ def angle_variance_ratio(theta: torch.Tensor, theta_ref: torch.Tensor,
     return (v / v_ref.clamp_min(_EPS)).mean()
 
 
-def objective(y_rev, h_rev, theta_ref, x, gx, xt, weight, cfg, benign_var=None):
-    """Eq. 5 for one batch; returns (loss tensor, dict of the terms as floats)."""
+def l1_weight_at(step: int, cfg) -> float:
+    """Weight of the input-space term at ``step``: ``cfg.l1_weight`` (1 in the paper), reached by
+    a geometric ramp from ``l1_weight * l1_warmup_start`` over the first ``l1_warmup`` fraction
+    of the steps when ``l1_warmup > 0`` [ours]: the search first explores with a cheap
+    perturbation budget, then shrinks the perturbation to what the collapse really needs."""
+    if cfg.l1_warmup <= 0:
+        return cfg.l1_weight
+    frac = min(1.0, step / max(1.0, cfg.l1_warmup * cfg.steps))
+    return cfg.l1_weight * cfg.l1_warmup_start ** (1.0 - frac)
+
+
+def objective(y_rev, h_rev, theta_ref, x, gx, xt, weight, cfg, benign_var=None,
+              l1_weight: float | None = None):
+    """Eq. 5 for one batch; returns (loss tensor, dict of the terms as floats).
+
+    ``l1_weight`` overrides ``cfg.l1_weight`` (the warm-up schedule)."""
     out = output_term(y_rev, benign_var if cfg.scale_free else None)
     l1 = input_l1((gx if cfg.l1_on == "generator" else xt) - x, cfg.l1_reduction)
     rf = angle_variance_ratio(feature_angles(h_rev, weight), theta_ref, cfg.rav_aggregation)
-    loss = cfg.lambda1 * out + l1 + cfg.lambda3 * rf
+    w2 = cfg.l1_weight if l1_weight is None else l1_weight
+    loss = cfg.lambda1 * out + w2 * l1 + cfg.lambda3 * rf
     terms = {"loss": loss, "output": out, "l1": l1, "rf": rf}
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -182,12 +197,14 @@ def precompute_benign(model, images: BenignImages, cfg) -> dict:
             "attention": torch.cat(atts) if atts else None}
 
 
-def search_step(model, gen, opt, momentum, x, attention, theta_ref, benign_var, weight, cfg):
+def search_step(model, gen, opt, momentum, x, attention, theta_ref, benign_var, weight, cfg,
+                l1_weight: float | None = None):
     """One Adam step of reverse engineering on a batch; returns (outputs F(x̃), terms)."""
     gx = gen(x)
     xt = mtr_mod.blend(momentum.update(attention), x, gx) if cfg.mtr else gx
     h, y = model.forward_with_features(xt)
-    loss, terms = objective(y.float(), h.float(), theta_ref, x, gx, xt, weight, cfg, benign_var)
+    loss, terms = objective(y.float(), h.float(), theta_ref, x, gx, xt, weight, cfg, benign_var,
+                            l1_weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -228,7 +245,8 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
         x = images.get(idx)
         att = bench["attention"][idx].to(device) if cfg.mtr else None
         y, terms = search_step(model, gen, opt, momentum, x, att, bench["theta"][idx],
-                               output_variance(bench["y"][idx]), weight, cfg)
+                               output_variance(bench["y"][idx]), weight, cfg,
+                               l1_weight_at(step, cfg))
         last = step == cfg.steps - 1
         if step % cfg.track_every == 0 or last:
             trajectory.append((step, y.mean(0).cpu().tolist()))
