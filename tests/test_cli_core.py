@@ -50,3 +50,17 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, toy_datas
 def test_usage_error_exit_2(capsys):
     code, out, err = run(["train", "--bogus"], capsys)
     assert code == 2
+
+
+def test_demo_tiny_trains_once_then_reuses_the_cached_models(tmp_path, capsys):
+    args = ["demo", "--profile", "tiny", "--cache", str(tmp_path / "zoo"), "-q"]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert "training the benign demo model" in out and "training the badnets" in out
+    assert "DRMGuard scan" in out and "mitigation" in out
+    models = sorted(p.name for p in (tmp_path / "zoo" / "models").iterdir())
+    assert len(models) == 2
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert "using the cached benign model" in out and "training" not in out
+    assert sorted(p.name for p in (tmp_path / "zoo" / "models").iterdir()) == models

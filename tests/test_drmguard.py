@@ -82,6 +82,16 @@ def test_feature_angles_and_rav_by_hand():
         (0.25 + 0.0625) / 1.25)
 
 
+def test_l1_weight_ramps_geometrically_to_its_full_value():
+    cfg = default_config("tiny", "gaze", steps=100, l1_weight=1000.0, l1_warmup=0.5,
+                         l1_warmup_start=0.001)
+    assert reverse.l1_weight_at(0, cfg) == pytest.approx(1.0)
+    assert reverse.l1_weight_at(25, cfg) == pytest.approx(1000.0 * 0.001 ** 0.5)
+    assert reverse.l1_weight_at(50, cfg) == pytest.approx(1000.0)
+    assert reverse.l1_weight_at(99, cfg) == pytest.approx(1000.0)
+    assert reverse.l1_weight_at(0, cfg.with_overrides(l1_warmup=0.0)) == 1000.0
+
+
 def test_objective_on_toy_linear_model():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))  # h = normalised x flattened
@@ -100,7 +110,13 @@ def test_objective_on_toy_linear_model():
     assert terms["output"] == pytest.approx(var.item(), rel=1e-5)
     assert terms["l1"] == pytest.approx(l1.item(), rel=1e-5)
     assert terms["rf"] == pytest.approx(rf.item(), rel=1e-4)
-    assert loss.item() == pytest.approx(3.0 * var.item() + l1.item() + 7.0 * rf.item(), rel=1e-5)
+    w = cfg.l1_weight
+    assert loss.item() == pytest.approx(3.0 * var.item() + w * l1.item() + 7.0 * rf.item(),
+                                        rel=1e-5)
+    loss2, _ = reverse.objective(y, h, theta_ref, x, gx, xt, net[1].weight.detach(), cfg, None,
+                                 l1_weight=2.0)
+    assert loss2.item() == pytest.approx(3.0 * var.item() + 2 * l1.item() + 7.0 * rf.item(),
+                                         rel=1e-5)
     cfg_b = cfg.with_overrides(l1_on="blend")
     _, terms_b = reverse.objective(y, h, theta_ref, x, gx, xt, net[1].weight.detach(), cfg_b)
     assert terms_b["l1"] == pytest.approx(l1.item() / 2, rel=1e-5)

@@ -151,54 +151,25 @@ def _copy_trigger_record(src: str, dst: Path) -> None:
         shutil.copy2(trigger, dst / TRIGGER_FILE)
 
 
-DEMO_TARGET = (-0.30, 0.25)  # gaze (yaw, pitch) in radians
-
-
 def demo_models(profile: str, cache: Path, seed: int, progress: bool, log=print):
-    """Synthetic gaze splits and {"benign": (model, None), "badnets": (model, attack)}, trained
-    once and kept under ``cache/<profile>-seed<seed>/``."""
-    from ..attacks import attack_train_config, load_attack, make_attack
-    from ..experiments.data import synthetic_splits
-    from ..models.io import load_model, save_model
-    from ..profiles import get_profile
-    from ..tasks import get_task
-    from ..training import train_regressor
+    """Synthetic gaze splits and {"benign": (model, None), "badnets": (model, attack)}: the
+    experiments' zoo models (seed ``seed``), trained once and cached by content in ``cache``."""
+    from ..experiments.zoo import ModelSpec, Zoo
 
-    prof, task = get_profile(profile), get_task("gaze")
-    splits = synthetic_splits("gaze", profile)
-    root = Path(cache) / f"{profile}-seed{seed}"
+    zoo = Zoo(cache, progress)
     models = {}
     for name in ("benign", "badnets"):
-        d = root / name
-        if (d / "model.json").exists():
-            model, _ = load_model(d)
-            models[name] = (model, load_attack(d) if name == "badnets" else None)
-            log(f"using cached {name} model from {d}")
-            continue
-        log(f"training the {name} demo model ({profile} profile) ...")
-        if name == "benign":
-            model, meta = train_regressor(splits.train, task, prof.arch,
-                                          prof.train_config("gaze", seed), prof.arch_kwargs,
-                                          progress=progress, desc="train benign")
-            attack = None
-        else:
-            attack = make_attack("badnets", DEMO_TARGET, task=task,
-                                 image_size=prof.size_for("gaze"), seed=seed, profile=profile)
-            model, meta = attack.train_backdoored(
-                splits.train, task, prof.arch, attack_train_config("badnets", profile, "gaze",
-                                                                   seed),
-                prof.arch_kwargs, progress=progress)
-        meta["profile"] = profile
-        save_model(model, d, meta, overwrite=True)
-        if attack is not None:
-            attack.save(d)
+        spec = ModelSpec("gaze", profile, None if name == "benign" else name, seed)
+        log(f"using the cached {name} model ({zoo.model_dir(spec)})" if zoo.has_model(spec)
+            else f"training the {name} demo model ({profile} profile) ...")
+        model, attack, _ = zoo.model(spec)
         models[name] = (model, attack)
-    return splits, models
+    return zoo.splits(ModelSpec("gaze", profile, None, seed)), models
 
 
 def default_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "drmguard" / "demo"
+    return Path(base) / "drmguard" / "zoo"
 
 
 def demo_cmd(profile: str = typer.Option("cpu", "--profile", help="tiny or cpu."),

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ..defenses.base import get_detector
+from ..defenses.base import get_detector, resolved_config
 from ..tasks import get_task
 from ..utils import progress_bar
 from .results import md_table, provenance, write_results
@@ -35,13 +35,14 @@ def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
 def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dict,
                   benign_limit: int | None = None, seed: int = 0) -> dict:
     """One detector on one zoo model with the zoo's benign set D_b (cached)."""
-    config = {"overrides": overrides, "benign_limit": benign_limit, "seed": seed}
+    det = get_detector(defense, spec.profile, spec.task, **overrides)
+    config = {"overrides": overrides, "benign_limit": benign_limit, "seed": seed,
+              "resolved": resolved_config(det, spec.task)}
 
     def compute():
         benign = zoo.splits(spec).benign
         if benign_limit:
             benign = benign.subset(range(min(benign_limit, len(benign))))
-        det = get_detector(defense, spec.profile, spec.task, **overrides)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         d = det.detect(model, benign, get_task(spec.task), seed=seed, progress=zoo.progress)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ..defenses.base import get_mitigator
+from ..defenses.base import get_mitigator, resolved_config
 from ..tasks import get_task
 from ..utils import progress_bar
 from .identification import attack_record
@@ -22,17 +22,21 @@ from .zoo import ModelSpec, Zoo
 
 def mitigate_record(zoo: Zoo, spec: ModelSpec, model, attack, name: str, overrides: dict,
                     seed: int = 0) -> dict:
+    mitigator = get_mitigator(name, spec.profile, spec.task, **overrides)
+
     def compute():
         from ..metrics import attack_metrics
 
         task = get_task(spec.task)
         t0 = time.perf_counter()
-        fixed, info = get_mitigator(name, spec.profile, spec.task, **overrides).mitigate(
+        fixed, info = mitigator.mitigate(
             model, zoo.splits(spec).benign, task, seed=seed, progress=zoo.progress)
         m = attack_metrics(fixed, attack, zoo.splits(spec).test, task)
         return {"RE": m["RE"], "AE": m["AE"], "DAE": m["DAE"],
                 "seconds": time.perf_counter() - t0, "info": info}
-    return zoo.cached_run(spec, "mitigate", name, {"overrides": overrides, "seed": seed}, compute)
+    key = {"overrides": overrides, "seed": seed,
+           "resolved": resolved_config(mitigator, spec.task)}
+    return zoo.cached_run(spec, "mitigate", name, key, compute)
 
 
 def run_mitigation(task: str, attacks: list[str], n_backdoored: int, profile: str = "cpu",
