@@ -29,3 +29,41 @@ def test_identification_and_mitigation_tiny(tmp_path):
     methods = {r["method"] for r in mit["models"]}
     assert methods == {"undefended", "drmguard", "ft"}
     assert (out / "mitigation-gaze-tiny.md").exists()
+
+
+def test_zoo_keys_follow_the_resolved_defaults(monkeypatch):
+    """A change of a profile's schedule, an attack's default or the generator's version must
+    retrain instead of reusing a stale cached model."""
+    from dataclasses import replace
+
+    from drmguard import profiles
+    from drmguard.attacks.badnets import BadNets
+    from drmguard.data import synthetic
+
+    spec = ModelSpec("gaze", "tiny", "badnets", 0)
+    key, benign_key = spec.key(), ModelSpec("gaze", "tiny").key()
+    assert key != benign_key and key == ModelSpec("gaze", "tiny", "badnets", 0).key()
+    tiny = profiles.PROFILES["tiny"]
+    monkeypatch.setitem(profiles.PROFILES, "tiny", replace(tiny, n_samples=tiny.n_samples + 8))
+    assert spec.key() != key
+    monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
+    monkeypatch.setattr(BadNets, "defaults", {**BadNets.defaults, "rate": 0.2})
+    assert spec.key() != key and ModelSpec("gaze", "tiny").key() == benign_key
+    monkeypatch.setattr(BadNets, "defaults", {**BadNets.defaults, "rate": 0.1})
+    assert spec.key() == key
+    monkeypatch.setattr(synthetic, "SYNTHETIC_VERSION", synthetic.SYNTHETIC_VERSION + 1)
+    assert spec.key() != key and ModelSpec("gaze", "tiny").key() != benign_key
+
+
+def test_defence_runs_are_cached_by_resolved_config(tmp_path, monkeypatch):
+    from drmguard.defenses.base import get_detector, resolved_config
+    from drmguard.defenses.drmguard import config as dcfg
+
+    det = get_detector("drmguard", "tiny", "gaze")
+    before = resolved_config(det, "gaze")
+    assert before["l1_weight"] == 3 * 224 * 224 and before["task"] == "gaze"
+    assert resolved_config(det, "headpose")["lambda3"] == dcfg.TASK_DEFAULTS["headpose"]["lambda3"]
+    monkeypatch.setitem(dcfg.PROFILE_DEFAULTS, "tiny", {**dcfg.PROFILE_DEFAULTS["tiny"],
+                                                        "steps": 31})
+    assert resolved_config(get_detector("drmguard", "tiny", "gaze"), "gaze") != before
+    assert resolved_config(get_detector("nc", "tiny", "gaze"), "gaze")  # baselines too

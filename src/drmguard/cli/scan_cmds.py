@@ -46,7 +46,7 @@ def scan_config(profile: str, task: str, tau: float | None, lambda1: float | Non
 
 
 def print_scan(results: list[tuple[str, object]], console=None) -> None:
-    """A verdict table (rich) for one or more (name, ScanResult)."""
+    """A verdict table (rich) for one or more (name, ScanResult or its ``to_dict()``)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -55,11 +55,12 @@ def print_scan(results: list[tuple[str, object]], console=None) -> None:
     for col in ("model", "verdict", "R", "τ", "collapse", "target estimate", "time"):
         table.add_column(col, justify="left" if col in ("model", "verdict") else "right")
     for name, res in results:
-        style = "bold red" if res.backdoored else "green"
-        est = ", ".join(f"{n}={v:.3g}" for n, v in zip(res.target_names, res.target_estimate))
-        table.add_row(name, f"[{style}]{res.status}[/{style}]", f"{res.r_score:.4f}",
-                      f"{res.tau:.4f}", f"{res.collapse_ratio:.3f}", est,
-                      f"{res.timings['total']:.0f} s")
+        r = res if isinstance(res, dict) else res.to_dict()
+        style = "bold red" if r["backdoored"] else "green"
+        est = ", ".join(f"{n}={v:.3g}" for n, v in zip(r["target_names"], r["target_estimate"]))
+        table.add_row(name, f"[{style}]{r['status']}[/{style}]", f"{r['R']:.4f}",
+                      f"{r['tau']:.4f}", f"{r['collapse_ratio']:.3f}", est,
+                      f"{r['timings']['total']:.0f} s")
     console.print(table)
 
 
@@ -151,70 +152,58 @@ def _copy_trigger_record(src: str, dst: Path) -> None:
         shutil.copy2(trigger, dst / TRIGGER_FILE)
 
 
-def demo_models(profile: str, cache: Path, seed: int, progress: bool, log=print):
-    """Synthetic gaze splits and {"benign": (model, None), "badnets": (model, attack)}: the
-    experiments' zoo models (seed ``seed``), trained once and cached by content in ``cache``."""
-    from ..experiments.zoo import ModelSpec, Zoo
-
-    zoo = Zoo(cache, progress)
-    models = {}
-    for name in ("benign", "badnets"):
-        spec = ModelSpec("gaze", profile, None if name == "benign" else name, seed)
-        log(f"using the cached {name} model ({zoo.model_dir(spec)})" if zoo.has_model(spec)
-            else f"training the {name} demo model ({profile} profile) ...")
-        model, attack, _ = zoo.model(spec)
-        models[name] = (model, attack)
-    return zoo.splits(ModelSpec("gaze", profile, None, seed)), models
-
-
 def default_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "drmguard" / "zoo"
 
 
 def demo_cmd(profile: str = typer.Option("cpu", "--profile", help="tiny or cpu."),
-             cache: Path = typer.Option(None, "--cache", help="Where trained demo models are "
-                                                              "kept (default ~/.cache/drmguard/"
-                                                              "demo)."),
+             cache: Path = typer.Option(None, "--cache", help="Zoo cache for the demo's models "
+                                                              "and runs (default ~/.cache/"
+                                                              "drmguard/zoo; pass "
+                                                              ".drmguard-cache to share the "
+                                                              "experiments' cache)."),
              seed: int = SeedOpt, quiet: bool = QuietOpt):
     """End to end on the synthetic gaze task: train (or reuse) a benign and a BadNets model,
-    scan both, mitigate the backdoored one, and show AE/DAE before and after."""
-    from rich.console import Console
+    scan both, mitigate the backdoored one, and show AE/DAE before and after.
 
-    from ..defenses.drmguard import default_config, mitigate, scan
-    from ..tasks import get_task
+    Models, scans and the mitigation are the experiments' zoo records (same cache keys), so a
+    second run only reads them back."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..experiments.identification import attack_record, detect_record
+    from ..experiments.mitigation import mitigate_record
+    from ..experiments.zoo import ModelSpec, Zoo
 
     if profile not in ("tiny", "cpu"):
         raise DrmguardError("the demo runs on the tiny or cpu profile")
     console = Console()
     t0 = time.perf_counter()
-    task = get_task("gaze")
-    splits, models = demo_models(profile, cache or default_cache(), seed, progress=not quiet,
-                                 log=console.print)
-    cfg = default_config(profile, task.name)
-    results = []
-    for name in ("benign", "badnets"):
-        model, _ = models[name]
-        results.append((name, scan(model, splits.benign, task, cfg, seed=seed,
-                                   progress=not quiet)))
-    print_scan(results, console)
-    from ..metrics import attack_metrics
-
-    bad_model, attack = models["badnets"]
-    real = attack_metrics(bad_model, attack, splits.test, task)
-    est = results[1][1].target_estimate
+    zoo = Zoo(cache or default_cache(), progress=not quiet)
+    specs = {name: ModelSpec("gaze", profile, None if name == "benign" else name, seed)
+             for name in ("benign", "badnets")}
+    models, scans = {}, []
+    for name, spec in specs.items():
+        console.print(f"using the cached {name} model ({zoo.model_dir(spec)})"
+                      if zoo.has_model(spec)
+                      else f"training the {name} demo model ({profile} profile) ...")
+        models[name] = zoo.model(spec)
+        det = detect_record(zoo, spec, models[name][0], "drmguard", {}, seed=seed)
+        scans.append((name, det["details"]))
+    print_scan(scans, console)
+    spec = specs["badnets"]
+    model, attack, meta = models["badnets"]
+    before = attack_record(zoo, spec, model, attack, meta)
     console.print(f"BadNets target y_t = {[round(v, 3) for v in attack.target.tolist()]}, "
-                  f"model's real target = {[round(v, 3) for v in real['real_target']]}, "
-                  f"DRMGuard estimate = {[round(v, 3) for v in est]}")
-    fixed, _ = mitigate(bad_model, splits.benign, task, scan_result=results[1][1], config=cfg,
-                        seed=seed, progress=not quiet)
-    after = attack_metrics(fixed, attack, splits.test, task)
-    from rich.table import Table
-
+                  f"model's real target = {[round(v, 3) for v in before['real_target']]}, "
+                  f"DRMGuard estimate = {[round(v, 3) for v in scans[1][1]['target_estimate']]}")
+    console.print("mitigating the BadNets model (fine-tuning against the reversed trigger) ...")
+    after = mitigate_record(zoo, spec, model, attack, "drmguard", {}, seed=seed)
     table = Table(title="DRMGuard mitigation of the BadNets model (test set, degrees)")
     for col in ("model", "clean error", "AE (to target; ↑ better)", "DAE (to truth; ↓ better)"):
         table.add_column(col, justify="right")
-    for name, m in (("before", real), ("after", after)):
+    for name, m in (("before", before), ("after", after)):
         table.add_row(name, f"{m['RE']:.2f}", f"{m['AE']:.2f}", f"{m['DAE']:.2f}")
     console.print(table)
     console.print(f"demo finished in {time.perf_counter() - t0:.0f} s")

@@ -26,6 +26,10 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
     if "lambda1" in which:
         out += [(f"λ1 = {f * base.lambda1:g}", {"lambda1": f * base.lambda1}, None)
                 for f in (0.5, 2.0)]
+    if "l1" in which:
+        out += [(f"L1 weight = {f * base.l1_weight:g}", {"l1_weight": f * base.l1_weight}, None)
+                for f in (0.1, 0.3)]
+        out.append(("no L1 warm-up", {"l1_warmup": 0.0}, None))
     if "benign" in which:
         out += [(f"|D_b| = {n}", {}, n) for n in (100, 200, 400)]
     if "generator" in which:
@@ -38,7 +42,7 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
     return out
 
 
-GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "benign", "generator", "mtr_norm")
+GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "l1", "benign", "generator", "mtr_norm")
 
 
 def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int,

@@ -61,6 +61,15 @@ def model_specs(task: str, profile: str, attacks: list[str], n_benign: int, n_ba
     return specs
 
 
+def target_error(task, estimate, real_target) -> float | None:
+    """The task's error between a defence's target estimate and the model's real target (the
+    mean output on triggered test inputs); None when either is missing."""
+    if estimate is None or real_target is None:
+        return None
+    return float(task.error(torch.tensor([estimate], dtype=torch.float32),
+                            torch.tensor([real_target], dtype=torch.float32)).mean())
+
+
 def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> list[dict]:
     """Confusion counts, accuracy and ROC-AUC per (defence, attack) and over all attacks."""
     from ..metrics import detection_metrics
@@ -87,6 +96,7 @@ def run_identification(task: str, attacks: list[str], n_benign: int, n_backdoore
     zoo = Zoo(cache_dir, progress)
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options)
     records = []
+    t = get_task(task)
     for spec in progress_bar(specs, desc="models", enabled=progress):
         model, attack, meta = zoo.model(spec)
         att = attack_record(zoo, spec, model, attack, meta)
@@ -99,6 +109,8 @@ def run_identification(task: str, attacks: list[str], n_benign: int, n_backdoore
                 "flagged": det["backdoored"], "target_estimate": det.get("target_estimate"),
                 "real_target": att.get("real_target"), "RE": att.get("RE"),
                 "AE": att.get("AE"), "DAE": att.get("DAE"),
+                "target_error": target_error(t, det.get("target_estimate"),
+                                             att.get("real_target")),
                 "seconds": det.get("seconds"), "details": det.get("details", {})})
     summary = summarise(records, defenses, attacks)
     name = name or f"identification-{task}-{profile}" + (f"-{arch}" if arch else "")
@@ -121,7 +133,8 @@ def to_markdown(rec: dict) -> str:
              s["roc_auc"]] for s in rec["summary"]]
     table = md_table(["defence", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC"], rows)
     mrows = [[r["model"], r["defense"], r["score"], r["flagged"], r["RE"], r["AE"], r["DAE"],
-              r["target_estimate"], r["real_target"], r["seconds"]] for r in rec["models"]]
+              r["target_estimate"], r["real_target"], r.get("target_error"), r["seconds"]]
+             for r in rec["models"]]
     models = md_table(["model", "defence", "score", "flagged", "RE", "AE", "DAE",
-                       "target estimate", "real target", "seconds"], mrows)
+                       "target estimate", "real target", "estimate error", "seconds"], mrows)
     return head + table + "\n\n## Per model\n\n" + models
