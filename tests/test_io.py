@@ -369,3 +369,23 @@ def test_corrupt_and_unknown_files(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(DrmguardError, match="cannot recognise.*truncated"):
         load_model(tmp_path / "cut.pt")
+
+
+def test_cli_export_round_trips_and_never_overwrites(tmp_path, capsys):
+    from drmguard.cli import main
+
+    model = small_model()
+    save_model(model, tmp_path / "m", model_meta(model, "small_resnet", GAZE, {"widths": [4, 8]}))
+    x = torch.rand(3, 3, 16, 16)
+    for fmt, name in (("torchscript", "m.pt"), ("onnx", "m.onnx")):
+        out = tmp_path / name
+        assert main(["export", str(tmp_path / "m"), "--format", fmt, "--out", str(out),
+                     "-q"]) == 0
+        loaded, meta = load_model(out)
+        assert loaded.num_outputs == 2 and tuple(loaded.input_size) == (16, 16)
+        assert torch.allclose(loaded(x), model(x), atol=1e-4)
+        before = out.read_bytes()
+        assert main(["export", str(tmp_path / "m"), "--format", fmt, "--out", str(out)]) == 2
+        assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["export", str(tmp_path / "m"), "--format", "tflite", "--out",
+                 str(tmp_path / "x")]) == 2

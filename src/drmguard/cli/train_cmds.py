@@ -1,4 +1,4 @@
-"""`drmguard train` and `drmguard eval`."""
+"""`drmguard train`, `drmguard eval` and `drmguard export`."""
 
 from __future__ import annotations
 
@@ -95,6 +95,33 @@ def eval_cmd(model_dir: str = typer.Argument(..., help="Model directory or file.
                 typer.echo(f"  {k}: {v:.4f}")
 
 
+EXPORT_FORMATS = ("torchscript", "onnx")
+
+
+def export_cmd(model_dir: str = typer.Argument(..., help="Model directory or file."),
+               fmt: str = typer.Option(..., "--format", help="torchscript or onnx."),
+               out: str = typer.Option(..., help="Output file (never overwritten)."),
+               task: str = mo.TaskOpt, arch: str = mo.ArchOpt, weights: str = mo.WeightsOpt,
+               input_size: str = mo.InputSizeOpt, mean: str = mo.MeanOpt, std: str = mo.StdOpt,
+               feature_layer: str = mo.FeatureLayerOpt,
+               allow_pickle: bool = mo.AllowPickleOpt, quiet: bool = QuietOpt):
+    """Export a model to TorchScript or ONNX (normalisation included; images in [0, 1]), with a
+    record of its input size and task so `drmguard scan FILE` needs no options."""
+    from ..models.io import task_from_meta, export_onnx, export_torchscript
+
+    if fmt not in EXPORT_FORMATS:
+        raise DrmguardError(f"unknown export format '{fmt}' (choose {', '.join(EXPORT_FORMATS)})")
+    path = ensure_new_path(out, "output file")
+    model, meta = mo.load_model_from_cli(model_dir, allow_pickle, arch, weights, input_size,
+                                         mean, std, feature_layer, task)
+    mo.echo_notes(meta, quiet)
+    t = get_task(task) if task else task_from_meta(meta)
+    (export_torchscript if fmt == "torchscript" else export_onnx)(model, path, task=t)
+    if not quiet:
+        typer.echo(f"wrote {path}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("eval")(eval_cmd)
+    app.command("export")(export_cmd)

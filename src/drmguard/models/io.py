@@ -111,7 +111,7 @@ def save_model_any(model: RegressionModel, out_dir: str | os.PathLike, meta: dic
     if arch in ARCHS or _is_factory_spec(arch):
         return save_model(model, out_dir, meta, overwrite)
     out = _new_model_dir(out_dir, overwrite)
-    export_torchscript(model, out / EXPORT_FILE, task=_task_from_meta(meta))
+    export_torchscript(model, out / EXPORT_FILE, task=task_from_meta(meta))
     c = model.in_channels
     meta = {**meta, "format": "drmguard-model", "format_version": 1,
             "drmguard_version": __version__, "arch": "torchscript", "file": EXPORT_FILE,
@@ -781,7 +781,7 @@ def _foreign_meta(model: RegressionModel, fmt: str, path: Path, info: dict,
     }
 
 
-def _task_from_meta(meta: dict) -> Task | None:
+def task_from_meta(meta: dict) -> Task | None:
     t = meta.get("task")
     if not isinstance(t, dict) or "name" not in t:
         return None
