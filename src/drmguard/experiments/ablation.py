@@ -35,6 +35,8 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
     if "generator" in which:
         out += [(f"generator = {g}", {"generator": g}, None)
                 for g in ("residual", "unet", "ia") if g != base.generator]
+        out.append((f"static pattern = {not base.static_pattern}",
+                    {"static_pattern": not base.static_pattern}, None))
     if "mtr_norm" in which:
         other = "max" if base.mtr_norm == "percentile" else "percentile"
         out.append((f"MTR normalisation = {other}", {"mtr_norm": other}, None))

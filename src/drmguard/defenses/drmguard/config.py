@@ -154,6 +154,11 @@ TASK_DEFAULTS: dict[str, dict] = {
 # search: at the full weight from step 0 the search never leaves the identity, even on a BadNets
 # model; with the ramp it finds the trigger (calibration record in docs/method.md).
 _L1 = dict(l1_warmup=0.5, l1_warmup_start=0.001)
+# The residual generator gets a learned, input-independent offset P as well (x + tanh(δ(x) + P)):
+# under the L1 term P shrinks like a lasso, so a sparse universal trigger such as a patch is
+# reachable; without it the search missed a BadNets model whose trigger it had started to find
+# (docs/method.md, calibration record).
+_L1["static_pattern"] = True
 
 PROFILE_DEFAULTS: dict[str, dict] = {
     "tiny": dict(generator="residual", gen_width=8, steps=30, batch_size=16, lr=5e-3,
