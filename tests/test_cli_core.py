@@ -37,6 +37,8 @@ def test_train_then_eval(tmp_path, toy_dataset, capsys):
     (["data", "synth", "--task", "pose", "--out", "OUT"], "gaze and headpose"),
     (["experiment", "identification", "--task", "age"], "synthetic tasks"),
     (["experiment", "identification", "--benign", "0"], "at least 1"),
+    (["experiment", "identification", "--attacks", "badnets,wanet:x"], "bad model count"),
+    (["experiment", "identification", "--attacks", "wanet:0"], "at least 1"),
 ])
 def test_cli_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, toy_dataset, args, needle):
     monkeypatch.chdir(tmp_path)

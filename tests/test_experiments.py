@@ -67,3 +67,13 @@ def test_defence_runs_are_cached_by_resolved_config(tmp_path, monkeypatch):
                                                         "steps": 31})
     assert resolved_config(get_detector("drmguard", "tiny", "gaze"), "gaze") != before
     assert resolved_config(get_detector("nc", "tiny", "gaze"), "gaze")  # baselines too
+
+
+def test_per_attack_model_counts():
+    from drmguard.experiments.identification import model_specs, parse_attack_counts
+
+    names, counts = parse_attack_counts(["badnets", "wanet:2"], 3)
+    assert names == ["badnets", "wanet"] and counts == {"badnets": 3, "wanet": 2}
+    specs = model_specs("gaze", "tiny", names, 1, counts)
+    assert [(s.attack, s.seed) for s in specs] == [
+        (None, 0), ("badnets", 0), ("badnets", 1), ("badnets", 2), ("wanet", 0), ("wanet", 1)]

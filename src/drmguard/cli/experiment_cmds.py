@@ -55,7 +55,9 @@ def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
 
 @exp_app.command("identification")
 def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
-                       attacks: str = typer.Option("badnets,wanet", help="Comma-separated."),
+                       attacks: str = typer.Option("badnets,wanet",
+                                                   help="Comma-separated; NAME:COUNT sets that "
+                                                        "attack's model count."),
                        benign: int = typer.Option(10, help="Benign models."),
                        backdoored: int = typer.Option(10, help="Backdoored models per attack."),
                        defenses: str = typer.Option("drmguard", help="drmguard,nc,featurere"),
@@ -63,11 +65,12 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        name: str = typer.Option(None, help="Result file name."),
                        cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5)."""
-    from ..experiments.identification import run_identification
+    from ..experiments.identification import parse_attack_counts, run_identification
 
     _check_task(task)
     _check_counts(benign=benign, backdoored=backdoored)
-    rec = run_identification(task, _list(attacks, "--attacks"), benign, backdoored, profile,
+    names, counts = parse_attack_counts(_list(attacks, "--attacks"), backdoored)
+    rec = run_identification(task, names, benign, counts, profile,
                              _list(defenses, "--defenses"), cache, out, arch, name=name,
                              command=_command(), progress=not quiet)
     for s in rec["summary"]:

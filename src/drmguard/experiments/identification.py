@@ -52,13 +52,35 @@ def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dic
     return zoo.cached_run(spec, "detect", defense, config, compute)
 
 
-def model_specs(task: str, profile: str, attacks: list[str], n_benign: int, n_backdoored: int,
-                arch: str | None = None, attack_options: dict | None = None) -> list[ModelSpec]:
+def model_specs(task: str, profile: str, attacks: list[str], n_benign: int,
+                n_backdoored: int | dict[str, int], arch: str | None = None,
+                attack_options: dict | None = None) -> list[ModelSpec]:
+    """Benign seeds 0..n_benign-1, then per attack seeds 0..n-1 (``n_backdoored`` is one count
+    for every attack or a per-attack dict)."""
     opts = tuple(sorted((attack_options or {}).items()))
     specs = [ModelSpec(task, profile, None, s, arch) for s in range(n_benign)]
     for a in attacks:
-        specs += [ModelSpec(task, profile, a, s, arch, opts) for s in range(n_backdoored)]
+        n = n_backdoored[a] if isinstance(n_backdoored, dict) else n_backdoored
+        specs += [ModelSpec(task, profile, a, s, arch, opts) for s in range(n)]
     return specs
+
+
+def parse_attack_counts(items: list[str], default: int) -> tuple[list[str], dict[str, int]]:
+    """``["badnets", "wanet:5"]`` -> (names, per-attack model counts; ``default`` when absent)."""
+    from ..errors import DrmguardError
+
+    names, counts = [], {}
+    for item in items:
+        name, _, count = item.partition(":")
+        try:
+            n = int(count) if count else default
+        except ValueError:
+            raise DrmguardError(f"bad model count in '{item}' (use NAME or NAME:COUNT)") from None
+        if n < 1:
+            raise DrmguardError(f"the model count in '{item}' must be at least 1")
+        names.append(name)
+        counts[name] = n
+    return names, counts
 
 
 def target_error(task, estimate, real_target) -> float | None:
@@ -85,7 +107,8 @@ def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> l
     return rows
 
 
-def run_identification(task: str, attacks: list[str], n_benign: int, n_backdoored: int,
+def run_identification(task: str, attacks: list[str], n_benign: int,
+                       n_backdoored: int | dict[str, int],
                        profile: str = "cpu", defenses: list[str] | None = None,
                        cache_dir: str = ".drmguard-cache", out_dir: str = "results",
                        arch: str | None = None, overrides: dict | None = None,
@@ -122,11 +145,15 @@ def run_identification(task: str, attacks: list[str], n_benign: int, n_backdoore
     return record
 
 
+def _counts(n) -> str:
+    return ", ".join(f"{v} ({k})" for k, v in n.items()) if isinstance(n, dict) else str(n)
+
+
 def to_markdown(rec: dict) -> str:
     head = (f"# Backdoor identification — {rec['task']}, profile {rec['profile']}"
             + (f", {rec['arch']}" if rec.get("arch") else "") + "\n\n"
-            f"{rec['n_benign']} benign models and {rec['n_backdoored']} backdoored models per "
-            f"attack; defender's benign set = the zoo's D_b"
+            f"{rec['n_benign']} benign models and {_counts(rec['n_backdoored'])} backdoored "
+            f"models per attack; defender's benign set = the zoo's D_b"
             + (f" (first {rec['benign_limit']} images)" if rec.get("benign_limit") else "")
             + (f"; DRMGuard overrides {rec['overrides']}" if rec.get("overrides") else "") + ".\n\n")
     rows = [[s["defense"], s["attack"], s["TP"], s["FP"], s["FN"], s["TN"], s["accuracy"],
