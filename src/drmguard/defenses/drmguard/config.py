@@ -146,7 +146,10 @@ class DRMGuardConfig:
 # + WaNet only; docs/method.md); head pose follows the same rule untuned.
 TASK_DEFAULTS: dict[str, dict] = {
     "gaze": dict(lambda1=20.0, lambda3=800.0, l1_weight=3 * 224 * 224),
-    "headpose": dict(lambda1=10.0, lambda3=100.0, l1_weight=3 * 112 * 112),
+    # labels in degrees: Var[F(x)] ≈ 600 makes λ1·Var ≈ 6,000, 60× λ3, and every benign model's
+    # outputs collapse; the scale-free output term (≤ λ1) restores the calibrated gaze regime,
+    # where λ1·Var ≈ 0.75 in radians is small against λ3 (docs/method.md).
+    "headpose": dict(lambda1=10.0, lambda3=100.0, l1_weight=3 * 112 * 112, scale_free=True),
     "generic": dict(lambda1=20.0, lambda3=800.0, l1_weight=3 * 224 * 224),
 }
 
