@@ -107,7 +107,7 @@ def export_cmd(model_dir: str = typer.Argument(..., help="Model directory or fil
                allow_pickle: bool = mo.AllowPickleOpt, quiet: bool = QuietOpt):
     """Export a model to TorchScript or ONNX (normalisation included; images in [0, 1]), with a
     record of its input size and task so `drmguard scan FILE` needs no options."""
-    from ..models.io import task_from_meta, export_onnx, export_torchscript
+    from ..models.io import export_onnx, export_torchscript, task_from_meta
 
     if fmt not in EXPORT_FORMATS:
         raise DrmguardError(f"unknown export format '{fmt}' (choose {', '.join(EXPORT_FORMATS)})")

@@ -66,11 +66,9 @@ class ModelSpec:
         """Content hash: the spec plus everything it resolves to (the profile's data and
         schedule, the attack's defaults and schedule, the synthetic generator's version), so a
         change of any default retrains instead of reusing a stale model."""
-        from dataclasses import asdict as _asdict
-
         from ..data.synthetic import SYNTHETIC_VERSION
 
-        resolved = {"profile": _asdict(get_profile(self.profile)),
+        resolved = {"profile": asdict(get_profile(self.profile)),
                     "synthetic": SYNTHETIC_VERSION}
         if self.attack is not None:
             from ..attacks import attack_class, attack_train_config
