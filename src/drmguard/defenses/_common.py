@@ -35,6 +35,18 @@ GENERIC_TAU_STD_FRACTION = 0.25  # generic tasks: τ = this × mean per-componen
 
 
 # --- configuration --------------------------------------------------------------------------
+class ConfiguredDefence:
+    """A baseline defence: its resolved settings in ``config`` (a dataclass), the same for every
+    task; ``last_result`` keeps the most recent run's details where a defence records them."""
+
+    def __init__(self, config):
+        self.config = config
+        self.last_result = None
+
+    def config_for(self, task: Task):
+        return self.config
+
+
 def build_config(cls, defaults: dict[str, dict], profile: str, overrides: dict, what: str):
     """``cls(**defaults[profile], **overrides)``; unknown profiles or options raise."""
     if profile not in defaults:

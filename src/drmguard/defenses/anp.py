@@ -184,11 +184,8 @@ def prune(model: RegressionModel, neurons: list[tuple[str, int]]) -> RegressionM
     return out.eval()
 
 
-class ANPMitigator:
+class ANPMitigator(C.ConfiguredDefence):
     name = "anp"
-
-    def __init__(self, config: ANPConfig):
-        self.config = config
 
     def mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
                  progress: bool = True) -> tuple[RegressionModel, dict]:

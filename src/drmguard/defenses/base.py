@@ -79,12 +79,7 @@ def get_mitigator(name: str, profile: str = "cpu", task: str = "gaze", **overrid
 def resolved_config(defense, task: Task | str) -> dict:
     """The full settings a detector or mitigator will run with on ``task`` (defaults and
     overrides resolved), for cache keys and result records."""
-    name = task if isinstance(task, str) else task.name
-    if hasattr(defense, "config_for"):
-        from ..tasks import get_task
+    from ..tasks import get_task
 
-        return defense.config_for(get_task(name)).to_dict()
-    cfg = getattr(defense, "config", None)
-    if cfg is None:
-        return {}
+    cfg = defense.config_for(get_task(task) if isinstance(task, str) else task)
     return cfg.to_dict() if hasattr(cfg, "to_dict") else asdict(cfg)

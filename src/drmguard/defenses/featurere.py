@@ -307,14 +307,10 @@ def reverse_engineer(model: RegressionModel, benign: ArrayDataset, task: Task,
     return result, info
 
 
-class FeatureRER:
+class FeatureRER(C.ConfiguredDefence):
     """The FeatureRE-R detector. ``last_result`` keeps the reversed mask and transformer."""
 
     name = "featurere"
-
-    def __init__(self, config: FeatureREConfig):
-        self.config = config
-        self.last_result: FeatureREResult | None = None
 
     def detect(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
                progress: bool = True) -> Detection:

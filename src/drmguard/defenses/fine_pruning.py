@@ -105,11 +105,8 @@ def apply_pruning(model: RegressionModel, channels: list[int]) -> RegressionMode
     return out.eval()
 
 
-class FinePruningMitigator:
+class FinePruningMitigator(C.ConfiguredDefence):
     name = "fp"
-
-    def __init__(self, config: FinePruningConfig):
-        self.config = config
 
     def mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
                  progress: bool = True) -> tuple[RegressionModel, dict]:

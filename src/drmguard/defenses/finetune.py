@@ -49,11 +49,8 @@ def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> FineTu
     return C.build_config(FineTuneConfig, _DEFAULTS, profile, overrides, "fine-tuning")
 
 
-class FineTuneMitigator:
+class FineTuneMitigator(C.ConfiguredDefence):
     name = "ft"
-
-    def __init__(self, config: FineTuneConfig):
-        self.config = config
 
     def mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
                  progress: bool = True) -> tuple[RegressionModel, dict]:

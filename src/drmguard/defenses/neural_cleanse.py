@@ -254,14 +254,10 @@ def _centroid(mask: np.ndarray) -> list[float]:
             float((cols * mask).sum() / tot / (mask.shape[1] - 1 or 1))]
 
 
-class NeuralCleanseR:
+class NeuralCleanseR(C.ConfiguredDefence):
     """The NC-R detector. ``last_result`` keeps the reversed mask/pattern of the last call."""
 
     name = "nc"
-
-    def __init__(self, config: NeuralCleanseConfig):
-        self.config = config
-        self.last_result: ReverseResult | list[ReverseResult] | None = None
 
     def detect(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
                progress: bool = True) -> Detection:
