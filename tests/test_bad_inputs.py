@@ -8,7 +8,6 @@ says what is wrong. Cases for ``scan``/``mitigate`` are skipped until those comm
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from drmguard.cli import app, main
 from drmguard.data import ArrayDataset, save_folder
 from drmguard.models import RegressionModel, build_model
 from drmguard.models.io import export_torchscript, model_meta, save_model
+from _payload import write_payload
 
 
 def command_options(name: str) -> set[str] | None:
@@ -76,14 +76,6 @@ def csv_folder(path, text, images=()):
         Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path / "images" / name)
     (path / "labels.csv").write_text(text)
     return str(path)
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 class Vec3(nn.Module):
@@ -209,11 +201,7 @@ def test_weights_only_file_needs_arch(tmp_path, capsys):
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_pickle_refused_and_not_run(tmp_path, capsys, how):
     marker = tmp_path / "pwned"
-    f = tmp_path / "model.pt"
-    if how == "pickle":
-        f.write_bytes(pickle.dumps(Payload(str(marker))))
-    else:
-        torch.save(Payload(str(marker)), f)
+    f = write_payload(tmp_path / "model.pt", marker, how)
     expect_one_line(capsys, ["eval", f, "--data", write_data(tmp_path / "d")], "--allow-pickle")
     assert not marker.exists()
 

@@ -194,12 +194,20 @@ def test_featurere_contract_and_constraints(planted):
 
 
 # --- mitigations --------------------------------------------------------------------------
-def test_anp_prunes_bn_weights_and_records_masks(planted):
-    model, benign, test = planted
+def mitigate_planted(planted, name: str, **options):
+    """Run mitigator ``name`` (tiny profile) on the planted model; the input must stay as it was.
+    Returns (repaired model, info, the input's state before)."""
+    model, benign, _ = planted
     before = state(model)
-    new, info = get_mitigator("anp", "tiny", "generic", iterations=60).mitigate(
+    new, info = get_mitigator(name, "tiny", "generic", **options).mitigate(
         model, benign, TASK, progress=False)
     assert unchanged(model, before)
+    return new, info, before
+
+
+def test_anp_prunes_bn_weights_and_records_masks(planted):
+    _, benign, test = planted
+    new, info, before = mitigate_planted(planted, "anp", iterations=60)
     bns = {n: m for n, m in new.net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert set(info["masks"]) == set(bns)
     assert info["n_neurons"] == sum(m.num_features for m in bns.values())
@@ -227,11 +235,8 @@ def test_anp_budget_rule_respects_the_budget(planted):
 
 
 def test_fine_pruning_keeps_pruned_channels_at_zero(planted):
-    model, benign, _ = planted
-    before = state(model)
-    new, info = get_mitigator("fp", "tiny", "generic", error_budget=0.3).mitigate(
-        model, benign, TASK, progress=False)
-    assert unchanged(model, before)
+    _, benign, _ = planted
+    new, info, _ = mitigate_planted(planted, "fp", error_budget=0.3)
     assert info["layer"] == "input of 'pool'" and info["n_channels"] == 32
     chosen = info["pruned_channels"]
     act = np.array(info["mean_activation"])
@@ -243,11 +248,7 @@ def test_fine_pruning_keeps_pruned_channels_at_zero(planted):
 
 
 def test_finetune_changes_a_copy(planted):
-    model, benign, _ = planted
-    before = state(model)
-    new, info = get_mitigator("ft", "tiny", "generic").mitigate(model, benign, TASK,
-                                                                progress=False)
-    assert unchanged(model, before)
+    new, info, before = mitigate_planted(planted, "ft")
     assert not unchanged(new, before)
     assert info["finetune"]["steps"] == 2 * 3  # 2 epochs × ⌈96/32⌉ batches
     assert info["clean_error_after"] < 0.05

@@ -1,6 +1,5 @@
 """Model files in and out: TorchScript, ONNX, user architectures, pickles (models/io.py)."""
 
-import pickle
 import sys
 import textwrap
 
@@ -14,6 +13,7 @@ from drmguard.models import RegressionModel, build_model
 from drmguard.models.io import (detect_format, export_onnx, export_torchscript, load_model,
                                 model_meta, parse_input_size, save_model, save_model_any)
 from drmguard.tasks import GAZE, HEADPOSE
+from _payload import write_payload
 
 X = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
@@ -307,22 +307,10 @@ def test_feature_layer_override_on_module(tmp_path):
 
 
 # --- pickles ------------------------------------------------------------------------------------
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_pickle_payload_executes_nothing(tmp_path, how):
     marker = tmp_path / "pwned"
-    f = tmp_path / "model.pt"
-    if how == "pickle":
-        f.write_bytes(pickle.dumps(Payload(str(marker))))
-    else:
-        torch.save(Payload(str(marker)), f)
+    f = write_payload(tmp_path / "model.pt", marker, how)
     assert detect_format(f) == "pickle"
     with pytest.raises(DrmguardError, match="allow-pickle"):
         load_model(f)

@@ -1,4 +1,3 @@
-import pickle
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ from drmguard.errors import DrmguardError
 from drmguard.models import RegressionModel, build_model
 from drmguard.models.io import load_model, model_meta, save_model
 from drmguard.tasks import GAZE
+from _payload import write_payload
 
 
 @pytest.mark.parametrize("arch,size", [("small_resnet", 16), ("resnet18", 32),
@@ -75,19 +75,9 @@ def test_save_load_roundtrip(tmp_path):
         save_model(model, tmp_path / "m", meta)  # never overwrite
 
 
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickle_payload_executes_nothing_by_default(tmp_path):
     marker = tmp_path / "pwned"
-    f = tmp_path / "model.pt"
-    with open(f, "wb") as fh:
-        pickle.dump(Payload(str(marker)), fh)
+    f = write_payload(tmp_path / "model.pt", marker)
     with pytest.raises(DrmguardError, match="allow-pickle"):
         load_model(f)
     assert not marker.exists()

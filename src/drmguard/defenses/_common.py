@@ -91,6 +91,14 @@ def frozen_copy(model: RegressionModel, device: torch.device) -> RegressionModel
     return m
 
 
+def detector_inputs(model: RegressionModel, benign: ArrayDataset, task: Task, config,
+                    seed: int) -> tuple[RegressionModel, ArrayDataset]:
+    """Checked inputs of a detector: a frozen copy of the model on ``config.device`` and D_b
+    subsampled (seeded) to ``config.max_samples``."""
+    check_inputs(model, benign, task)
+    return frozen_copy(model, device_of(config.device)), subsample(benign, config.max_samples, seed)
+
+
 def subsample(ds: ArrayDataset, max_samples: int | None, seed: int) -> ArrayDataset:
     if max_samples is None or len(ds) <= max_samples:
         return ds
@@ -309,3 +317,36 @@ def finetune(model: RegressionModel, ds: ArrayDataset, task: Task, *, optimizer:
     bar.close()
     model.eval()
     return {"steps": len(losses), "final_loss": float(np.mean(losses[-10:])) if losses else None}
+
+
+def finetune_with(model: RegressionModel, ds: ArrayDataset, task: Task, config, *, epochs: int,
+                  seed: int = 0, progress: bool = True, desc: str = "fine-tune",
+                  after_step: Callable[[], None] | None = None) -> dict:
+    """:func:`finetune` with the optimiser settings of a mitigator's config (``optimizer``,
+    ``lr``, ``batch_size``, ``weight_decay``, ``momentum``, ``schedule``, ``normalise_loss``)."""
+    return finetune(model, ds, task, optimizer=config.optimizer, lr=config.lr, epochs=epochs,
+                    batch_size=config.batch_size, weight_decay=config.weight_decay,
+                    momentum=config.momentum, schedule=config.schedule,
+                    normalise_loss=config.normalise_loss, seed=seed, progress=progress,
+                    desc=desc, after_step=after_step)
+
+
+def prune_within_budget(error_of: Callable[[int], float], total: int, step_fraction: float,
+                        max_fraction: float, err0: float, budget: float, *,
+                        progress: bool = False, desc: str = "prune") -> tuple[int, list[dict]]:
+    """The largest count (in steps of ``step_fraction``·total, up to ``max_fraction``·total)
+    whose clean error ``error_of(count)`` stays within (1 + budget)·err0; the sweep stops at the
+    first count over budget. Returns (count, [{"count", "error"}, ...])."""
+    step = max(1, int(round(step_fraction * total)))
+    limit = int(max_fraction * total)
+    chosen, sweep = 0, []
+    bar = progress_bar(total=limit // step, desc=desc, enabled=progress)
+    for count in range(step, limit + 1, step):
+        err = error_of(count)
+        sweep.append({"count": count, "error": err})
+        bar.update(1)
+        if err > (1 + budget) * err0:
+            break
+        chosen = count
+    bar.close()
+    return chosen, sweep

@@ -207,16 +207,14 @@ class ANPMitigator(C.ConfiguredDefence):
             chosen = [(n, k) for v, n, k in order if v <= cfg.threshold]
             sweep = []
         else:
-            step = max(1, int(round(cfg.budget_step * total)))
-            limit = int(cfg.max_prune_fraction * total)
-            chosen, sweep = [], []
-            for count in range(step, limit + 1, step):
-                cand = [(n, k) for _, n, k in order[:count]]
-                err = C.clean_error(prune(base, cand), eval_set, task)
-                sweep.append({"count": count, "error": err})
-                if err > (1 + cfg.error_budget) * err0:
-                    break
-                chosen = cand
+            def neurons(count: int) -> list[tuple[str, int]]:
+                return [(n, k) for _, n, k in order[:count]]
+
+            count, sweep = C.prune_within_budget(
+                lambda c: C.clean_error(prune(base, neurons(c)), eval_set, task), total,
+                cfg.budget_step, cfg.max_prune_fraction, err0, cfg.error_budget,
+                progress=progress, desc="ANP prune")
+            chosen = neurons(count)
         pruned = prune(base, chosen)
         err1 = C.clean_error(pruned, eval_set, task)
         info = {

@@ -315,10 +315,8 @@ class FeatureRER(C.ConfiguredDefence):
     def detect(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
                progress: bool = True) -> Detection:
         cfg = self.config
-        C.check_inputs(model, benign, task)
         t0 = time.perf_counter()
-        frozen = C.frozen_copy(model, C.device_of(cfg.device))
-        data = C.subsample(benign, cfg.max_samples, seed)
+        frozen, data = C.detector_inputs(model, benign, task, cfg, seed)
         res, info = reverse_engineer(frozen, data, task, cfg, seed=seed, progress=progress)
         self.last_result = res
         mixed = res.best_mixed

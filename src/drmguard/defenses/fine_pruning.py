@@ -31,7 +31,6 @@ from ..data.base import ArrayDataset
 from ..errors import DrmguardError
 from ..models.split import RegressionModel
 from ..tasks import Task
-from ..utils import progress_bar
 from . import _common as C
 
 
@@ -119,20 +118,12 @@ class FinePruningMitigator(C.ConfiguredDefence):
         act, tap = channel_activations(base, fit, cfg.feature_layer)
         order = [int(k) for k in np.argsort(act, kind="stable")]
         n = len(order)
-        step = max(1, int(round(cfg.prune_step * n)))
         err0 = C.clean_error(base, eval_set, task)
-        chosen: list[int] = []
-        sweep = []
-        bar = progress_bar(total=int(cfg.max_prune_fraction * n) // step, desc="FP prune",
-                           enabled=progress)
-        for count in range(step, int(cfg.max_prune_fraction * n) + 1, step):
-            err = C.clean_error(apply_pruning(base, order[:count]), eval_set, task)
-            sweep.append({"count": count, "error": err})
-            bar.update(1)
-            if err > (1 + cfg.error_budget) * err0:
-                break
-            chosen = order[:count]
-        bar.close()
+        count, sweep = C.prune_within_budget(
+            lambda c: C.clean_error(apply_pruning(base, order[:c]), eval_set, task), n,
+            cfg.prune_step, cfg.max_prune_fraction, err0, cfg.error_budget,
+            progress=progress, desc="FP prune")
+        chosen = order[:count]
         pruned = apply_pruning(base, chosen)
         err_pruned = C.clean_error(pruned, eval_set, task)
         for p in pruned.parameters():
@@ -144,12 +135,8 @@ class FinePruningMitigator(C.ConfiguredDefence):
                 with torch.no_grad():
                     pruned.head.weight[:, idx] = 0.0
 
-        hist = C.finetune(pruned, benign, task, optimizer=cfg.optimizer, lr=cfg.lr,
-                          epochs=cfg.finetune_epochs, batch_size=cfg.batch_size,
-                          weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                          schedule=cfg.schedule, normalise_loss=cfg.normalise_loss,
-                          seed=seed, progress=progress,
-                          desc="FP fine-tune", after_step=keep_zero)
+        hist = C.finetune_with(pruned, benign, task, cfg, epochs=cfg.finetune_epochs, seed=seed,
+                               progress=progress, desc="FP fine-tune", after_step=keep_zero)
         info = {
             "defense": self.name, "layer": tap.describe(), "n_channels": n,
             "n_pruned": len(chosen), "pruned_channels": chosen,

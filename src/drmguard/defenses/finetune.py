@@ -61,11 +61,8 @@ class FineTuneMitigator(C.ConfiguredDefence):
         for p in tuned.parameters():
             p.requires_grad_(True)
         err0 = C.clean_error(tuned, benign, task)
-        hist = C.finetune(tuned, benign, task, optimizer=cfg.optimizer, lr=cfg.lr,
-                          epochs=cfg.epochs, batch_size=cfg.batch_size,
-                          weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                          schedule=cfg.schedule, normalise_loss=cfg.normalise_loss,
-                          seed=seed, progress=progress, desc="fine-tune")
+        hist = C.finetune_with(tuned, benign, task, cfg, epochs=cfg.epochs, seed=seed,
+                               progress=progress, desc="fine-tune")
         info = {"defense": self.name, "clean_error_before": err0,
                 "clean_error_after": C.clean_error(tuned, benign, task),
                 "clean_error_on": "D_b (the fine-tuning data)", "n_benign": len(benign),

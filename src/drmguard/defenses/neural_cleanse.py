@@ -262,10 +262,8 @@ class NeuralCleanseR(C.ConfiguredDefence):
     def detect(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
                progress: bool = True) -> Detection:
         cfg = self.config
-        C.check_inputs(model, benign, task)
         t0 = time.perf_counter()
-        frozen = C.frozen_copy(model, C.device_of(cfg.device))
-        data = C.subsample(benign, cfg.max_samples, seed)
+        frozen, data = C.detector_inputs(model, benign, task, cfg, seed)
         h, w = model.input_size
         tau = C.success_tolerance(task, benign, cfg.tau)
         common = {"variant": cfg.variant, "tau": tau, "n_samples": len(data),
