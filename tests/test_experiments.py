@@ -15,6 +15,8 @@ def test_identification_and_mitigation_tiny(tmp_path):
     assert {r["attack"] for r in rec["models"]} == {None, "badnets"}
     s = rec["summary"][0]
     assert s["TP"] + s["FP"] + s["FN"] + s["TN"] == 2
+    bd = [r for r in rec["models"] if r["attack"] == "badnets"][0]  # one backdoored model
+    assert bd["target_error"] is not None and s["target_error_mean"] == bd["target_error"]
     saved = json.loads((out / "identification-gaze-tiny.json").read_text())
     assert saved["provenance"]["commit"] and saved["summary"] == rec["summary"]
     assert "| defence |" in (out / "identification-gaze-tiny.md").read_text()

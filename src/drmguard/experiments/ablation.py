@@ -68,8 +68,9 @@ def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int
     md = (f"# DRMGuard ablations — {task}, profile {profile}\n\n{n_benign} benign + "
           f"{n_backdoored} backdoored models per attack ({', '.join(attacks)}); each row is one "
           "identification run on the same cached zoo.\n\n"
-          + md_table(["variant", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC"],
+          + md_table(["variant", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC",
+                      "estimate error (mean)"],
                      [[r["variant"], r["attack"], r["TP"], r["FP"], r["FN"], r["TN"],
-                       r["accuracy"], r["roc_auc"]] for r in rows]))
+                       r["accuracy"], r["roc_auc"], r.get("target_error_mean")] for r in rows]))
     write_results(out_dir, f"ablation-{task}-{profile}", record, md)
     return record

@@ -93,7 +93,8 @@ def target_error(task, estimate, real_target) -> float | None:
 
 
 def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> list[dict]:
-    """Confusion counts, accuracy and ROC-AUC per (defence, attack) and over all attacks."""
+    """Confusion counts, accuracy, ROC-AUC and the mean target-estimate error (over the
+    backdoored models) per (defence, attack) and over all attacks."""
     from ..metrics import detection_metrics
 
     rows = []
@@ -103,7 +104,10 @@ def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> l
                    (r["attack"] is None or a == "all" or r["attack"] == a)]
             m = detection_metrics([r["attack"] is not None for r in sel],
                                   [r["score"] for r in sel], [r["flagged"] for r in sel])
-            rows.append({"defense": d, "attack": a, **m})
+            errs = [r["target_error"] for r in sel
+                    if r["attack"] is not None and r.get("target_error") is not None]
+            rows.append({"defense": d, "attack": a, **m,
+                         "target_error_mean": sum(errs) / len(errs) if errs else None})
     return rows
 
 
@@ -157,8 +161,9 @@ def to_markdown(rec: dict) -> str:
             + (f" (first {rec['benign_limit']} images)" if rec.get("benign_limit") else "")
             + (f"; DRMGuard overrides {rec['overrides']}" if rec.get("overrides") else "") + ".\n\n")
     rows = [[s["defense"], s["attack"], s["TP"], s["FP"], s["FN"], s["TN"], s["accuracy"],
-             s["roc_auc"]] for s in rec["summary"]]
-    table = md_table(["defence", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC"], rows)
+             s["roc_auc"], s.get("target_error_mean")] for s in rec["summary"]]
+    table = md_table(["defence", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC",
+                      "estimate error (mean)"], rows)
     mrows = [[r["model"], r["defense"], r["score"], r["flagged"], r["RE"], r["AE"], r["DAE"],
               r["target_estimate"], r["real_target"], r.get("target_error"), r["seconds"]]
              for r in rec["models"]]
