@@ -79,3 +79,10 @@ def test_per_attack_model_counts():
     specs = model_specs("gaze", "tiny", names, 1, counts)
     assert [(s.attack, s.seed) for s in specs] == [
         (None, 0), ("badnets", 0), ("badnets", 1), ("badnets", 2), ("wanet", 0), ("wanet", 1)]
+
+
+def test_markdown_cells_escape_pipes():
+    from drmguard.experiments.results import md_table
+
+    table = md_table(["variant", "AUC"], [["|D_b| = 100", 1.0]])
+    assert table.splitlines()[2] == "| \\|D_b\\| = 100 | 1.000 |"

@@ -41,8 +41,12 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table; a "|" inside a cell (e.g. "|D_b|") is escaped."""
+    def cell(c) -> str:
+        return fmt(c).replace("|", "\\|")
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
