@@ -3,15 +3,23 @@ results written with their provenance, and a rerun that trains nothing."""
 
 import json
 
-from drmguard.experiments.identification import run_identification
+from drmguard.experiments.identification import plan_identification, run_identification
 from drmguard.experiments.mitigation import run_mitigation
 from drmguard.experiments.zoo import ModelSpec, Zoo
 
 
 def test_identification_and_mitigation_tiny(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "results"
+    plan = plan_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache))
+    assert [w["model"] for w in plan["train"]] == ["gaze/benign/seed0", "gaze/badnets/seed0"]
+    assert len(plan["detect"]) == 2 and plan["unestimated"] == 4  # an empty cache knows no times
     rec = run_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache), str(out),
                              progress=False)
+    done = plan_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache))
+    assert done["train"] == [] and done["detect"] == [] and done["cached"]["detections"] == 2
+    more = plan_identification("gaze", ["badnets"], 2, 1, "tiny", ["drmguard"], str(cache))
+    assert [w["model"] for w in more["train"]] == ["gaze/benign/seed1"]
+    assert more["unestimated"] == 0 and more["estimated_seconds"] > 0  # seed 0's recorded times
     assert {r["attack"] for r in rec["models"]} == {None, "badnets"}
     s = rec["summary"][0]
     assert s["TP"] + s["FP"] + s["FN"] + s["TN"] == 2

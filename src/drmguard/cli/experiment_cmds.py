@@ -53,6 +53,20 @@ def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     typer.echo(f"wrote {out}/attacks-{task}-{profile}.md" if rec else "done")
 
 
+def _print_plan(p: dict) -> None:
+    def when(sec) -> str:
+        return "time unknown" if sec is None else f"≈ {sec / 60:.1f} min"
+
+    typer.echo(f"cached: {p['cached']['models']} models, {p['cached']['detections']} detections")
+    for w in p["train"]:
+        typer.echo(f"train   {w['model']}  ({when(w['seconds'])})")
+    for w in p["detect"]:
+        typer.echo(f"detect  {w['model']} with {w['defense']}  ({when(w['seconds'])})")
+    extra = f"; {p['unestimated']} item(s) without a recorded time" if p["unestimated"] else ""
+    typer.echo(f"to do: {len(p['train'])} models, {len(p['detect'])} detections, "
+               f"{when(p['estimated_seconds'])} as recorded in this cache{extra}")
+
+
 @exp_app.command("identification")
 def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        attacks: str = typer.Option("badnets,wanet",
@@ -63,13 +77,22 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        defenses: str = typer.Option("drmguard", help="drmguard,nc,featurere"),
                        arch: str = typer.Option(None, help="Architecture (profile's default)."),
                        name: str = typer.Option(None, help="Result file name."),
+                       plan: bool = typer.Option(False, "--plan",
+                                                 help="Only say what is cached and what would "
+                                                      "be trained / run (with the times the "
+                                                      "cache recorded for alike work)."),
                        cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5)."""
-    from ..experiments.identification import parse_attack_counts, run_identification
+    from ..experiments.identification import (parse_attack_counts, plan_identification,
+                                              run_identification)
 
     _check_task(task)
     _check_counts(benign=benign, backdoored=backdoored)
     names, counts = parse_attack_counts(_list(attacks, "--attacks"), backdoored)
+    if plan:
+        _print_plan(plan_identification(task, names, benign, counts, profile,
+                                        _list(defenses, "--defenses"), cache, arch))
+        return
     rec = run_identification(task, names, benign, counts, profile,
                              _list(defenses, "--defenses"), cache, out, arch, name=name,
                              command=_command(), progress=not quiet)

@@ -32,12 +32,18 @@ def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
     return zoo.cached_run(spec, "attack", "metrics", {}, compute)
 
 
+def detect_config(spec: ModelSpec, defense: str, overrides: dict,
+                  benign_limit: int | None = None, seed: int = 0):
+    """(detector, cache key of its run on ``spec``)."""
+    det = get_detector(defense, spec.profile, spec.task, **overrides)
+    return det, {"overrides": overrides, "benign_limit": benign_limit, "seed": seed,
+                 "resolved": resolved_config(det, spec.task)}
+
+
 def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dict,
                   benign_limit: int | None = None, seed: int = 0) -> dict:
     """One detector on one zoo model with the zoo's benign set D_b (cached)."""
-    det = get_detector(defense, spec.profile, spec.task, **overrides)
-    config = {"overrides": overrides, "benign_limit": benign_limit, "seed": seed,
-              "resolved": resolved_config(det, spec.task)}
+    det, config = detect_config(spec, defense, overrides, benign_limit, seed)
 
     def compute():
         benign = zoo.splits(spec).benign
@@ -109,6 +115,44 @@ def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> l
             rows.append({"defense": d, "attack": a, **m,
                          "target_error_mean": sum(errs) / len(errs) if errs else None})
     return rows
+
+
+def plan_identification(task: str, attacks: list[str], n_benign: int,
+                        n_backdoored: int | dict[str, int], profile: str = "cpu",
+                        defenses: list[str] | None = None, cache_dir: str = ".drmguard-cache",
+                        arch: str | None = None, overrides: dict | None = None,
+                        benign_limit: int | None = None) -> dict:
+    """What :func:`run_identification` would do with this cache, without doing it: the models
+    to train and the detections to run, each with the median wall time the cache recorded for
+    the same kind of work (None when nothing alike is cached yet)."""
+    import statistics
+
+    from .zoo import measured_seconds
+
+    def median(xs: list[float]) -> float | None:
+        return statistics.median(xs) if xs else None
+
+    zoo = Zoo(cache_dir, progress=False)
+    train, runs, cached = [], [], {"models": 0, "detections": 0}
+    for spec in model_specs(task, profile, attacks, n_benign, n_backdoored, arch):
+        if zoo.has_model(spec):
+            cached["models"] += 1
+        else:
+            train.append({"model": spec.label(),
+                          "seconds": median(measured_seconds(cache_dir, spec))})
+        for d in defenses or ["drmguard"]:
+            _, config = detect_config(spec, d, (overrides or {}) if d == "drmguard" else {},
+                                      benign_limit)
+            if zoo.has_model(spec) and zoo.has_run(spec, "detect", d, config):
+                cached["detections"] += 1
+            else:
+                runs.append({"model": spec.label(), "defense": d,
+                             "seconds": median(measured_seconds(cache_dir, spec, "detect", d,
+                                                                config))})
+    todo = train + runs
+    known = [w["seconds"] for w in todo if w["seconds"] is not None]
+    return {"cached": cached, "train": train, "detect": runs,
+            "estimated_seconds": sum(known), "unestimated": len(todo) - len(known)}
 
 
 def run_identification(task: str, attacks: list[str], n_benign: int,

@@ -163,9 +163,15 @@ class Zoo:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # --- cached runs -----------------------------------------------------------------------
+    def run_path(self, spec: ModelSpec, kind: str, name: str, config: dict) -> Path:
+        return self.root / "runs" / spec.key() / f"{kind}-{name}-{_hash(config)}.json"
+
+    def has_run(self, spec: ModelSpec, kind: str, name: str, config: dict) -> bool:
+        return self.run_path(spec, kind, name, config).exists()
+
     def cached_run(self, spec: ModelSpec, kind: str, name: str, config: dict, compute):
         """JSON result of ``compute()`` for (model, kind, name, config), computed once."""
-        path = self.root / "runs" / spec.key() / f"{kind}-{name}-{_hash(config)}.json"
+        path = self.run_path(spec, kind, name, config)
         if path.exists():
             return json.loads(path.read_text())
         result = compute()
@@ -174,6 +180,35 @@ class Zoo:
         tmp.write_text(json.dumps(result, indent=2, default=_jsonable))
         os.replace(tmp, path)
         return json.loads(path.read_text())
+
+
+def measured_seconds(root: str | os.PathLike, spec: ModelSpec, kind: str | None = None,
+                     name: str | None = None, config: dict | None = None) -> list[float]:
+    """Wall times recorded in the cache for work like ``spec``'s: the training time of cached
+    models with the same task, profile, attack, options and architecture (any seed), or with
+    ``kind``/``name``/``config`` the time of that cached run on any model of that kind."""
+    root = Path(root)
+    out = []
+    same = {k: v for k, v in spec.to_dict().items() if k != "seed"}
+    for sp in root.glob("models/*/spec.json"):
+        try:
+            other = json.loads(sp.read_text())
+            if {k: other.get(k) for k in same} != same:
+                continue
+            if kind is None:
+                t = json.loads((sp.parent / "model.json").read_text())["history"]["seconds"]
+            else:
+                run = sp.parent.parent.parent / "runs" / sp.parent.name / \
+                    f"{kind}-{name}-{_hash(config)}.json"
+                if not run.exists():
+                    continue
+                r = json.loads(run.read_text())
+                t = r.get("wall_seconds", r.get("seconds"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(t, (int, float)):
+            out.append(float(t))
+    return out
 
 
 def _jsonable(o):
