@@ -44,6 +44,13 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
     return out
 
 
+def _slug(label: str) -> str:
+    """An ASCII file-name part for a variant label ("λ3 = 200" -> "lambda3-200")."""
+    text = label.replace("λ", "lambda").replace("|D_b|", "benign-set").lower()
+    words = "".join(c if c.isascii() and c.isalnum() else " " for c in text).split()
+    return "-".join(words)
+
+
 GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "l1", "benign", "generator", "mtr_norm")
 
 
@@ -54,7 +61,7 @@ def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int
     groups = groups or ["fsrt", "mtr", "lambda3", "benign"]
     rows = []
     for label, overrides, limit in variants(task, profile, groups):
-        slug = "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()
+        slug = _slug(label)
         rec = run_identification(task, attacks, n_benign, n_backdoored, profile, ["drmguard"],
                                  cache_dir, f"{out_dir}/ablation-runs", overrides=overrides,
                                  benign_limit=limit,
