@@ -34,14 +34,15 @@ def progress_bar(iterable=None, total=None, desc: str = "", enabled: bool = True
 
 
 def git_commit(default: str = "unknown") -> str:
-    """Commit hash of the source tree drmguard runs from (``-dirty`` if modified)."""
+    """Commit hash of the source tree drmguard runs from (``-dirty`` if the package's own
+    files differ from it; results, docs and other files written beside it do not count)."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=5).stdout.strip()
         if not sha:
             return default
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
                                cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
