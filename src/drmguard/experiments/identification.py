@@ -127,19 +127,18 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
     the same kind of work (None when nothing alike is cached yet)."""
     import statistics
 
-    from .zoo import measured_seconds
-
     def median(xs: list[float]) -> float | None:
         return statistics.median(xs) if xs else None
 
     zoo = Zoo(cache_dir, progress=False)
+    known = zoo.cached_specs()
     train, runs, cached = [], [], {"models": 0, "detections": 0}
     for spec in model_specs(task, profile, attacks, n_benign, n_backdoored, arch):
         if zoo.has_model(spec):
             cached["models"] += 1
         else:
             train.append({"model": spec.label(),
-                          "seconds": median(measured_seconds(cache_dir, spec))})
+                          "seconds": median(zoo.recorded_seconds(spec, known))})
         for d in defenses or ["drmguard"]:
             _, config = detect_config(spec, d, (overrides or {}) if d == "drmguard" else {},
                                       benign_limit)
@@ -147,12 +146,12 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
                 cached["detections"] += 1
             else:
                 runs.append({"model": spec.label(), "defense": d,
-                             "seconds": median(measured_seconds(cache_dir, spec, "detect", d,
-                                                                config))})
+                             "seconds": median(zoo.recorded_seconds(spec, known, "detect", d,
+                                                                    config))})
     todo = train + runs
-    known = [w["seconds"] for w in todo if w["seconds"] is not None]
+    timed = [w["seconds"] for w in todo if w["seconds"] is not None]
     return {"cached": cached, "train": train, "detect": runs,
-            "estimated_seconds": sum(known), "unestimated": len(todo) - len(known)}
+            "estimated_seconds": sum(timed), "unestimated": len(todo) - len(timed)}
 
 
 def run_identification(task: str, attacks: list[str], n_benign: int,

@@ -164,10 +164,49 @@ class Zoo:
 
     # --- cached runs -----------------------------------------------------------------------
     def run_path(self, spec: ModelSpec, kind: str, name: str, config: dict) -> Path:
-        return self.root / "runs" / spec.key() / f"{kind}-{name}-{_hash(config)}.json"
+        return self._run_file(spec.key(), kind, name, config)
+
+    def _run_file(self, model_key: str, kind: str, name: str, config: dict) -> Path:
+        return self.root / "runs" / model_key / f"{kind}-{name}-{_hash(config)}.json"
 
     def has_run(self, spec: ModelSpec, kind: str, name: str, config: dict) -> bool:
         return self.run_path(spec, kind, name, config).exists()
+
+    def cached_specs(self) -> dict[str, dict]:
+        """{model key: its spec dict} of every model in the cache (read once per call)."""
+        out = {}
+        for sp in self.root.glob("models/*/spec.json"):
+            try:
+                out[sp.parent.name] = json.loads(sp.read_text())
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def recorded_seconds(self, spec: ModelSpec, cached: dict[str, dict], kind: str | None = None,
+                         name: str | None = None, config: dict | None = None) -> list[float]:
+        """Wall times recorded for work like ``spec``'s among the ``cached`` models (from
+        :meth:`cached_specs`) with the same task, profile, attack, options and architecture (any
+        seed): their training times, or with ``kind``/``name``/``config`` the times of that run."""
+        same = {k: v for k, v in spec.to_dict().items() if k != "seed"}
+        out = []
+        for key, other in cached.items():
+            if {k: other.get(k) for k in same} != same:
+                continue
+            try:
+                if kind is None:
+                    t = json.loads((self.root / "models" / key / "model.json").read_text()
+                                   )["history"]["seconds"]
+                else:
+                    run = self._run_file(key, kind, name, config)
+                    if not run.exists():
+                        continue
+                    r = json.loads(run.read_text())
+                    t = r.get("wall_seconds", r.get("seconds"))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(t, (int, float)):
+                out.append(float(t))
+        return out
 
     def cached_run(self, spec: ModelSpec, kind: str, name: str, config: dict, compute):
         """JSON result of ``compute()`` for (model, kind, name, config), computed once."""
@@ -180,35 +219,6 @@ class Zoo:
         tmp.write_text(json.dumps(result, indent=2, default=_jsonable))
         os.replace(tmp, path)
         return json.loads(path.read_text())
-
-
-def measured_seconds(root: str | os.PathLike, spec: ModelSpec, kind: str | None = None,
-                     name: str | None = None, config: dict | None = None) -> list[float]:
-    """Wall times recorded in the cache for work like ``spec``'s: the training time of cached
-    models with the same task, profile, attack, options and architecture (any seed), or with
-    ``kind``/``name``/``config`` the time of that cached run on any model of that kind."""
-    root = Path(root)
-    out = []
-    same = {k: v for k, v in spec.to_dict().items() if k != "seed"}
-    for sp in root.glob("models/*/spec.json"):
-        try:
-            other = json.loads(sp.read_text())
-            if {k: other.get(k) for k in same} != same:
-                continue
-            if kind is None:
-                t = json.loads((sp.parent / "model.json").read_text())["history"]["seconds"]
-            else:
-                run = sp.parent.parent.parent / "runs" / sp.parent.name / \
-                    f"{kind}-{name}-{_hash(config)}.json"
-                if not run.exists():
-                    continue
-                r = json.loads(run.read_text())
-                t = r.get("wall_seconds", r.get("seconds"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(t, (int, float)):
-            out.append(float(t))
-    return out
 
 
 def _jsonable(o):
