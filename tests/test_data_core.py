@@ -34,6 +34,8 @@ def test_dataset_item_and_tensors(toy_dataset):
     assert y.shape == (2,)
     xb, yb = toy_dataset.tensors([0, 3])
     assert xb.shape == (2, 3, 16, 16)
+    # plain NCHW memory, not a channels-last view (see data.base.float_images)
+    assert xb.is_contiguous() and xb.stride() == (768, 256, 16, 1)
     np.testing.assert_allclose(xb[1].numpy(), x.numpy())
 
 

@@ -261,6 +261,49 @@ def test_mitigate_returns_new_model_and_keeps_input():
     assert new2 is not model
 
 
+def test_saved_scan_round_trips_and_mitigates_like_a_fresh_scan(tmp_path):
+    """``ScanResult.save`` / ``load``: the same record, the same trigger function bit for bit,
+    and a mitigation from the loaded scan equal to one that scans again."""
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    res = scan(model, data, task, tiny_cfg(), seed=2, progress=False)
+    path = res.save(tmp_path / "t.safetensors")
+    back = ScanResult.load(path)
+    assert back.to_dict() == json.loads(json.dumps(res.to_dict()))
+    x = torch.rand(5, 3, 16, 16)
+    assert torch.equal(back.reverse(x), res.reverse(x))
+    assert np.array_equal(back.attention, res.attention)
+    fresh, _ = mitigate(model, data, task, config=tiny_cfg(), seed=2, progress=False)
+    reused, info = mitigate(model, data, task, scan_result=back, config=tiny_cfg(), seed=2,
+                            progress=False)
+    assert info["scan_reused"] and info["scan"]["R"] == res.r_score
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, reused.state_dict()[k]), k
+
+
+def test_saved_scan_bad_files_and_mismatches(tmp_path):
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    not_st = tmp_path / "x.safetensors"
+    not_st.write_bytes(b"garbage")
+    with pytest.raises(DrmguardError, match="cannot read the trigger file"):
+        ScanResult.load(not_st)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "something-else"})
+    with pytest.raises(DrmguardError, match="not a DRMGuard trigger file"):
+        ScanResult.load(other)
+    res = scan(model, data, task, tiny_cfg(), seed=0, progress=False)
+    saved = ScanResult.load(res.save(tmp_path / "ok.safetensors"))
+    small = RegressionModel(TinyConv(), (8, 8), 3, mean=[0.5] * 3, std=[0.25] * 3).eval()
+    small_data = ArrayDataset(np.zeros((8, 8, 8, 3), np.uint8), np.zeros((8, 2), np.float32),
+                              "gaze")
+    with pytest.raises(DrmguardError, match="reversed trigger is for 3×16×16"):
+        mitigate(small, small_data, task, scan_result=saved, config=tiny_cfg(), progress=False)
+    with pytest.raises(DrmguardError, match="2-output model, task headpose"):
+        mitigate(model, data, get_task("headpose"), scan_result=saved, config=tiny_cfg(),
+                 progress=False)
+
+
 def test_scan_rejects_mismatched_data():
     model, task = tiny_model(), get_task("gaze")
     bad = ArrayDataset(np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 2), np.float32), "gaze")

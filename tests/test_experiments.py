@@ -34,11 +34,25 @@ def test_identification_and_mitigation_tiny(tmp_path):
     again = run_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache),
                                str(out), progress=False)
     assert [r["score"] for r in again["models"]] == [r["score"] for r in rec["models"]]
+    # DRMGuard's mitigation reuses the identification scan kept in the zoo (trigger file beside
+    # the detection) and gives what scanning again gives
+    triggers = sorted(cache.glob("runs/*/detect-drmguard-*.trigger.safetensors"))
+    assert len(triggers) == 2
     mit = run_mitigation("gaze", ["badnets"], 1, "tiny", ["drmguard", "ft"], str(cache), str(out),
                          progress=False)
     methods = {r["method"] for r in mit["models"]}
     assert methods == {"undefended", "drmguard", "ft"}
     assert (out / "mitigation-gaze-tiny.md").exists()
+    (rec_file,) = cache.glob("runs/*/mitigate-drmguard-*.json")
+    assert json.loads(rec_file.read_text())["info"]["scan_reused"] is True
+    for t in triggers:
+        t.unlink()
+    rec_file.unlink()
+    rescanned = run_mitigation("gaze", ["badnets"], 1, "tiny", ["drmguard"], str(cache), str(out),
+                               progress=False)
+    assert json.loads(rec_file.read_text())["info"]["scan_reused"] is False
+    pick = [(r["AE"], r["DAE"]) for r in mit["models"] if r["method"] == "drmguard"]
+    assert pick == [(r["AE"], r["DAE"]) for r in rescanned["models"] if r["method"] == "drmguard"]
 
 
 def test_zoo_keys_follow_the_resolved_defaults(monkeypatch):

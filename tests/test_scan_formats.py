@@ -61,3 +61,30 @@ def test_same_verdict_across_formats(model_and_data, capsys):
         # ...while R after the search is only close: float-level differences between the traced
         # graphs grow over the Adam steps (the L1 warm-up multiplies its weight by 1000).
         assert r["R"] == pytest.approx(ref["R"], rel=0.75)
+
+
+def test_scan_saves_its_trigger_and_mitigate_reuses_it(model_and_data, capsys):
+    _, tmp = model_and_data
+    common = ["--data", str(tmp / "d"), "--profile", "tiny", "--task", "gaze", "-q"]
+    code = main(["scan", str(tmp / "m"), *common, "--save-trigger", str(tmp / "t.safetensors"),
+                 "--json", str(tmp / "scan.json")])
+    assert code == 0, capsys.readouterr().err
+    scanned = json.loads((tmp / "scan.json").read_text())
+    capsys.readouterr()
+    code = main(["mitigate", str(tmp / "m"), *common, "--trigger", str(tmp / "t.safetensors"),
+                 "--out", str(tmp / "fixed")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"scan ({tmp / 't.safetensors'}): {scanned['status']}" in out.out
+    meta = json.loads((tmp / "fixed" / "model.json").read_text())["mitigation"]
+    assert meta["trigger_file"] == str(tmp / "t.safetensors") and meta["R"] == scanned["R"]
+    # never overwrites a file, and a file that is no trigger is a one-line error
+    for args, needle in (
+            (["scan", str(tmp / "m"), *common, "--save-trigger", str(tmp / "scan.json")],
+             "already exists"),
+            (["mitigate", str(tmp / "m"), *common, "--trigger", str(tmp / "scan.json"),
+              "--out", str(tmp / "fixed2")], "cannot read the trigger file")):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0]
+    assert not (tmp / "fixed2").exists()

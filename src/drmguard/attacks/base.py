@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..data.base import ArrayDataset
+from ..data.base import ArrayDataset, float_images
 from ..errors import DrmguardError
 from ..models.split import RegressionModel
 from ..tasks import Task, get_task
@@ -84,7 +84,7 @@ def map_images(images: np.ndarray, fn, batch_size: int = 256) -> np.ndarray:
     out = np.empty_like(images)
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))
-        out[i:i + batch_size] = to_uint8(fn(x.permute(0, 3, 1, 2).float().div_(255.0)))
+        out[i:i + batch_size] = to_uint8(fn(float_images(x)))
     return out
 
 

@@ -79,6 +79,10 @@ def scan_cmd(model_dir: str = typer.Argument(..., help="Model directory or file.
                                                                 "PNGs) into this new folder."),
              fail_on_backdoor: bool = typer.Option(False, "--fail-on-backdoor",
                                                    help="Exit with code 3 when flagged."),
+             save_trigger: Path = typer.Option(None, "--save-trigger",
+                                               help="Write the reversed trigger (safetensors) "
+                                                    "to this new file, for `drmguard mitigate "
+                                                    "--trigger`."),
              arch: str = mo.ArchOpt, weights: str = mo.WeightsOpt,
              input_size: str = mo.InputSizeOpt, mean: str = mo.MeanOpt, std: str = mo.StdOpt,
              feature_layer: str = mo.FeatureLayerOpt, allow_pickle: bool = mo.AllowPickleOpt,
@@ -88,6 +92,8 @@ def scan_cmd(model_dir: str = typer.Argument(..., help="Model directory or file.
 
     if report is not None:
         ensure_new_path(report, "report directory")
+    if save_trigger is not None:
+        ensure_new_path(save_trigger, "trigger file")
     cfg = scan_config(profile, task or "gaze", tau, lambda1, lambda3)
     model, _, ds, t = load_scan_inputs(model_dir, data, task, allow_pickle, quiet, arch,
                                        weights, input_size, mean, std, feature_layer, error,
@@ -100,6 +106,8 @@ def scan_cmd(model_dir: str = typer.Argument(..., help="Model directory or file.
     extra = {"model": str(model_dir), "data": data}
     if json_out:
         write_json({**extra, **res.to_dict()}, json_out)
+    if save_trigger is not None:
+        res.save(save_trigger)
     if report is not None:
         from ..report import write_scan_report
 
@@ -116,28 +124,36 @@ def mitigate_cmd(model_dir: str = typer.Argument(..., help="Model directory or f
                                                              "model (must not exist)."),
                  task: str = mo.TaskOpt, error: str = mo.ErrorOpt, columns: str = mo.ColumnsOpt,
                  profile: str = ProfileOpt, seed: int = SeedOpt,
+                 trigger: Path = typer.Option(None, "--trigger",
+                                              help="Reuse the reversed trigger of an earlier "
+                                                   "`drmguard scan --save-trigger` instead of "
+                                                   "scanning again."),
                  arch: str = mo.ArchOpt, weights: str = mo.WeightsOpt,
                  input_size: str = mo.InputSizeOpt, mean: str = mo.MeanOpt,
                  std: str = mo.StdOpt, feature_layer: str = mo.FeatureLayerOpt,
                  allow_pickle: bool = mo.AllowPickleOpt, quiet: bool = QuietOpt):
-    """Scan, then fine-tune a copy of the model on D_b ∪ D_r (reversed trigger, true labels)."""
-    from ..defenses.drmguard import default_config, mitigate
+    """Scan (or reuse a saved scan), then fine-tune a copy of the model on D_b ∪ D_r
+    (reversed trigger, true labels)."""
+    from ..defenses.drmguard import ScanResult, default_config, mitigate
     from ..models.io import model_meta, save_model_any
 
     ensure_new_path(out, "model directory")
     model, meta, ds, t = load_scan_inputs(model_dir, data, task, allow_pickle, quiet, arch,
                                           weights, input_size, mean, std, feature_layer, error,
                                           columns)
-    new, info = mitigate(model, ds, t, config=default_config(profile, t.name), seed=seed,
+    cfg = default_config(profile, t.name)
+    earlier = None if trigger is None else ScanResult.load(trigger, model, cfg.device)
+    new, info = mitigate(model, ds, t, scan_result=earlier, config=cfg, seed=seed,
                          progress=not quiet)
     new_meta = dict(meta) if meta.get("format") == "drmguard-model" else \
         model_meta(new, str(meta.get("arch") or "unknown"), t)
     new_meta["mitigation"] = {"defense": "drmguard", "source": str(model_dir),
                               "status": info["scan"]["status"], "R": info["scan"]["R"],
+                              "trigger_file": None if trigger is None else str(trigger),
                               "finetune": info["finetune"]}
     save_model_any(new, out, new_meta)
     _copy_trigger_record(model_dir, out)
-    typer.echo(f"scan: {info['scan']['status']} (R = {info['scan']['R']:.4f}); fine-tuned "
+    typer.echo(f"scan{f' ({trigger})' if trigger else ''}: {info['scan']['status']} (R = {info['scan']['R']:.4f}); fine-tuned "
                f"{info['finetune']['steps']} steps; benign error after: "
                f"{info['benign_error_after']:.3f} {t.error_units}; saved to {out}")
 

@@ -17,6 +17,16 @@ from torch.utils.data import Dataset
 from ..errors import DrmguardError
 
 
+def float_images(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 images B×H×W×C -> float B×C×H×W in [0, 1], in contiguous (NCHW) memory.
+
+    A bare ``permute`` would keep channels-last strides; with one CPU thread, torch 2.14.1's
+    backward pass through a small ResNet on such input corrupted the heap (a ``double free``
+    abort of ``drmguard mitigate`` with OMP_NUM_THREADS=1), so the layout is made plain here.
+    """
+    return u8.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+
+
 @dataclass
 class ArrayDataset(Dataset):
     images: np.ndarray  # N×H×W×C uint8
@@ -79,7 +89,7 @@ class ArrayDataset(Dataset):
         """All (or the indexed) images as one float tensor B×C×H×W in [0,1], and targets."""
         imgs = self.images if idx is None else self.images[np.asarray(idx)]
         tg = self.targets if idx is None else self.targets[np.asarray(idx)]
-        x = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
+        x = float_images(torch.from_numpy(np.ascontiguousarray(imgs)))
         return x, torch.from_numpy(np.ascontiguousarray(tg))
 
     def resized(self, size: tuple[int, int]) -> "ArrayDataset":

@@ -8,8 +8,9 @@ Cleanse's mask norm) reports its negation as ``score`` and the raw value in ``de
 
 from __future__ import annotations
 
+import copy
 import importlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Protocol
 
 from ..data.base import ArrayDataset
@@ -27,9 +28,13 @@ class Detection:
     target_estimate: list[float] | None = None
     seconds: float = 0.0
     details: dict = field(default_factory=dict)  # JSON-serialisable, defence-specific
+    # the defence's full in-memory result (e.g. DRMGuard's ScanResult with its trigger
+    # function); not serialised
+    result: object = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                if f.name != "result"}
 
 
 class Detector(Protocol):

@@ -32,6 +32,19 @@ def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
     return zoo.cached_run(spec, "attack", "metrics", {}, compute)
 
 
+TRIGGER_SUFFIX = ".trigger.safetensors"  # DRMGuard's reversed trigger beside its detection
+
+
+def saved_scan(zoo: Zoo, spec: ModelSpec, model, overrides: dict, seed: int = 0, device="cpu"):
+    """The DRMGuard scan that identification ran on ``spec`` with these settings and seed, with
+    its trigger function, or None when the zoo does not hold it."""
+    from ..defenses.drmguard import ScanResult
+
+    _, config = detect_config(spec, "drmguard", overrides, None, seed)
+    path = zoo.artifact_path(spec, "detect", "drmguard", config, TRIGGER_SUFFIX)
+    return ScanResult.load(path, model, device) if path.exists() else None
+
+
 def detect_config(spec: ModelSpec, defense: str, overrides: dict,
                   benign_limit: int | None = None, seed: int = 0):
     """(detector, cache key of its run on ``spec``)."""
@@ -52,6 +65,8 @@ def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dic
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         d = det.detect(model, benign, get_task(spec.task), seed=seed, progress=zoo.progress)
+        if getattr(d.result, "trigger", None) is not None:  # DRMGuard: keep the trigger
+            d.result.save(zoo.artifact_path(spec, "detect", defense, config, TRIGGER_SUFFIX))
         rec = d.to_dict()
         rec["wall_seconds"] = time.perf_counter() - t0
         return rec

@@ -15,22 +15,30 @@ import numpy as np
 from ..defenses.base import get_mitigator, resolved_config
 from ..tasks import get_task
 from ..utils import progress_bar
-from .identification import attack_record
+from .identification import attack_record, saved_scan
 from .results import md_table, provenance, write_results
 from .zoo import ModelSpec, Zoo
 
 
 def mitigate_record(zoo: Zoo, spec: ModelSpec, model, attack, name: str, overrides: dict,
                     seed: int = 0) -> dict:
+    """One mitigator on one zoo model (cached). DRMGuard reuses the trigger of the
+    identification scan of the same model, settings and seed when the zoo holds it (the scan
+    it would run is the same computation)."""
     mitigator = get_mitigator(name, spec.profile, spec.task, **overrides)
 
     def compute():
         from ..metrics import attack_metrics
 
         task = get_task(spec.task)
+        extra = {}
         t0 = time.perf_counter()
+        if name == "drmguard":
+            earlier = saved_scan(zoo, spec, model, overrides, seed,
+                                 mitigator.config_for(task).device)
+            extra = {"scan_result": earlier} if earlier is not None else {}
         fixed, info = mitigator.mitigate(
-            model, zoo.splits(spec).benign, task, seed=seed, progress=zoo.progress)
+            model, zoo.splits(spec).benign, task, seed=seed, progress=zoo.progress, **extra)
         m = attack_metrics(fixed, attack, zoo.splits(spec).test, task)
         return {"RE": m["RE"], "AE": m["AE"], "DAE": m["DAE"],
                 "seconds": time.perf_counter() - t0, "info": info}

@@ -169,6 +169,11 @@ class Zoo:
     def _run_file(self, model_key: str, kind: str, name: str, config: dict) -> Path:
         return self.root / "runs" / model_key / f"{kind}-{name}-{_hash(config)}.json"
 
+    def artifact_path(self, spec: ModelSpec, kind: str, name: str, config: dict,
+                      suffix: str) -> Path:
+        """A file kept beside a run's JSON record (e.g. ``.trigger.safetensors``)."""
+        return self.run_path(spec, kind, name, config).with_suffix(suffix)
+
     def has_run(self, spec: ModelSpec, kind: str, name: str, config: dict) -> bool:
         return self.run_path(spec, kind, name, config).exists()
 

@@ -7,6 +7,7 @@ Python API::
     result = scan(model, benign_set, task, default_config("cpu", "gaze"), seed=0)
     result.status, result.r_score, result.target_estimate
     clean_model, info = mitigate(model, benign_set, task, scan_result=result)
+    result.save("trigger.safetensors")   # later: ScanResult.load(...) → mitigate(scan_result=...)
 
 ``make_detector`` / ``make_mitigator`` adapt them to the common defence interface of
 :mod:`drmguard.defenses.base`.
@@ -49,16 +50,17 @@ class DRMGuardDetector(_Configured):
         res = scan(model, benign, task, self.config_for(task), seed=seed, progress=progress)
         return Detection(defense=self.name, backdoored=res.backdoored, score=res.score,
                          threshold=-res.tau, target_estimate=list(res.target_estimate),
-                         seconds=res.timings["total"], details=res.to_dict())
+                         seconds=res.timings["total"], details=res.to_dict(), result=res)
 
 
 class DRMGuardMitigator(_Configured):
-    """Mitigator interface: scan, then fine-tune a copy on D_b ∪ D_r."""
+    """Mitigator interface: scan (unless given the result of an earlier scan), then fine-tune
+    a copy on D_b ∪ D_r."""
 
     def mitigate(self, model, benign: ArrayDataset, task: Task, seed: int = 0,
-                 progress: bool = True):
-        return mitigate(model, benign, task, config=self.config_for(task), seed=seed,
-                        progress=progress)
+                 progress: bool = True, scan_result: ScanResult | None = None):
+        return mitigate(model, benign, task, scan_result=scan_result,
+                        config=self.config_for(task), seed=seed, progress=progress)
 
 
 def make_detector(profile: str = "cpu", task: str = "gaze", **overrides) -> DRMGuardDetector:

@@ -17,6 +17,7 @@ import time
 import torch
 
 from ...data.base import ArrayDataset
+from ...errors import DrmguardError
 from ...tasks import Task
 from ...training import TrainConfig, evaluate, fit
 from .config import DRMGuardConfig, default_config
@@ -28,11 +29,16 @@ def mitigate(model, benign: ArrayDataset, task: Task, scan_result: ScanResult | 
              progress: bool = True):
     """Fine-tune a copy of ``model`` against the reversed trigger; returns (new model, info).
 
-    Without ``scan_result`` a scan is run first. The fine-tuning runs whatever the verdict (the
-    caller asked for mitigation); ``info["scan"]`` records the verdict it was based on.
+    Without ``scan_result`` a scan is run first; with one (e.g. ``ScanResult.load`` of a file
+    written by ``ScanResult.save``) its trigger is used as it is. The fine-tuning runs whatever
+    the verdict (the caller asked for mitigation); ``info["scan"]`` records the verdict it was
+    based on.
     """
     cfg = config or default_config("cpu", task.name)
-    if scan_result is None:
+    reused = scan_result is not None
+    if reused:
+        _check_scan_fits(scan_result, model, task)
+    else:
         scan_result = scan(model, benign, task, cfg, seed=seed, progress=progress)
     trigger = scan_result.reverse
 
@@ -49,8 +55,23 @@ def mitigate(model, benign: ArrayDataset, task: Task, scan_result: ScanResult | 
     info = {
         "defense": "drmguard",
         "scan": scan_result.to_dict(),
+        "scan_reused": reused,
         "finetune": {**train_cfg.to_dict(), **history},
         "benign_error_after": evaluate(new, benign, task)["error"],
         "seconds": time.perf_counter() - t0,
     }
     return new, info
+
+
+def _check_scan_fits(res: ScanResult, model, task: Task) -> None:
+    """A scan given to :func:`mitigate` must come from a model of the same shape and task."""
+    if res.trigger is None:
+        raise DrmguardError("the scan result holds no trigger function (loaded from JSON?)")
+    gen = res.trigger.generator
+    if (gen.channels, *gen.size) != (model.in_channels, *model.input_size):
+        raise DrmguardError(f"the reversed trigger is for {gen.channels}×{gen.size[0]}×"
+                            f"{gen.size[1]} images, the model takes {model.in_channels}×"
+                            f"{model.input_size[0]}×{model.input_size[1]}")
+    if len(res.target_estimate) != task.dim:
+        raise DrmguardError(f"the scan is of a {len(res.target_estimate)}-output model, task "
+                            f"{task.name} has {task.dim} outputs")

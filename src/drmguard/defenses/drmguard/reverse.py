@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...data.base import float_images
 from ...utils import progress_bar, seed_everything
 from . import mtr as mtr_mod
 from .generator import TriggerGenerator, build_generator, pretrain_identity, recalibrate_batchnorm
@@ -117,7 +118,7 @@ class BenignImages:
         return len(self.u8)
 
     def get(self, idx) -> torch.Tensor:
-        return self.u8[idx].to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        return float_images(self.u8[idx].to(self.device))
 
     def chunks(self, batch_size: int):
         for i in range(0, len(self), batch_size):
@@ -164,6 +165,23 @@ class ReversedTrigger:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x̃ for images B×C×H×W in [0, 1], returned on the device of ``x``."""
         return self.generate(x.to(self.device))[1].to(x.device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything that defines the function, as named CPU tensors (for safetensors)."""
+        out = {f"generator.{k}": v.detach().cpu().contiguous()
+               for k, v in self.generator.state_dict().items()}
+        if self.weight is not None:
+            out["mtr_weight"] = self.weight.detach().cpu().contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], cfg, channels: int,
+                     size: tuple[int, int], attention_model=None) -> "ReversedTrigger":
+        """Inverse of :meth:`tensors` (raises ``RuntimeError`` when they do not fit ``cfg``)."""
+        gen = build_generator(cfg, channels, size)
+        gen.load_state_dict({k.removeprefix("generator."): v for k, v in tensors.items()
+                             if k.startswith("generator.")})
+        return cls(gen, tensors.get("mtr_weight"), cfg, attention_model)
 
 
 @dataclass

@@ -19,6 +19,8 @@ trigger function itself (``result.reverse(x)``), which mitigation fine-tunes aga
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from .identify import detection_score, evaluate_trigger, verdict
 from .reverse import BenignImages, ReversedTrigger, frozen, precompute_benign, run_search
 
 SCHEMA = "drmguard.scan/1"
+TRIGGER_FORMAT = "drmguard.trigger/1"  # ScanResult.save: reversed trigger + scan record
 
 
 @dataclass
@@ -90,6 +93,82 @@ class ScanResult:
             "residual_scale": self.residual_scale, "timings": dict(self.timings),
             "config": dict(self.config),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict, trigger: ReversedTrigger | None = None) -> "ScanResult":
+        """A result back from its ``to_dict()`` record (sample images are not part of it)."""
+        empty = np.zeros((0, 1, 1, 1), np.uint8)
+        metric_keys = ("reversed_output_std", "benign_output_std", "rav", "rnv", "r_floor",
+                       "mean_abs_change_per_pixel", "objective")
+        try:
+            return cls(
+                backdoored=bool(d["backdoored"]), status=d["status"], r_score=d["R"],
+                tau=d["tau"], collapse_ratio=d["collapse_ratio"],
+                collapse_threshold=d["collapse_threshold"], score=d["score"],
+                target_estimate=list(d["target_estimate"]),
+                trajectory=[(t["step"], list(t["estimate"])) for t in d["trajectory"]],
+                benign_images=empty, reversed_images=empty, residual_images=empty,
+                residual_scale=d["residual_scale"], attention=None, timings=dict(d["timings"]),
+                config=dict(d["config"]), task=d["task"], target_names=list(d["target_names"]),
+                seed=d["seed"], n_benign=d["n_benign"],
+                metrics={k: d.get(k) for k in metric_keys}, restarts=list(d["restarts"]),
+                chosen_restart=d["chosen_restart"], trigger=trigger)
+        except (KeyError, TypeError) as e:
+            raise DrmguardError(f"not a DRMGuard scan record (missing or bad entry {e})") from None
+
+    def save(self, path) -> Path:
+        """Write the reversed trigger function and this result's record to one safetensors
+        file (named tensors plus JSON metadata: loading it never runs code), so a later
+        :func:`~.mitigation.mitigate` can reuse the trigger instead of scanning again."""
+        from safetensors.torch import save_file
+
+        if self.trigger is None:
+            raise DrmguardError("this scan result holds no trigger function to save")
+        gen = self.trigger.generator
+        meta = {"format": TRIGGER_FORMAT, "scan": json.dumps(self.to_dict()),
+                "channels": str(gen.channels), "size": json.dumps(list(gen.size))}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(self.trigger.tensors(), str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path, model=None, device: str = "cpu") -> "ScanResult":
+        """A result written by :meth:`save`, with its trigger function (sample images are not
+        saved). ``model`` is needed only for a scan run with ``mtr_map='per_image'``."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # missing, truncated or not a safetensors file
+            raise DrmguardError(f"cannot read the trigger file {path}: "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+                from None
+        if meta.get("format") != TRIGGER_FORMAT:
+            raise DrmguardError(f"{path} is not a DRMGuard trigger file (format "
+                                f"{meta.get('format')!r}, expected {TRIGGER_FORMAT!r})")
+        try:
+            record = json.loads(meta["scan"])
+            cfg = DRMGuardConfig(**record["config"])
+            channels, size = int(meta["channels"]), tuple(json.loads(meta["size"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DrmguardError(f"{path}: damaged trigger metadata ({e})") from None
+        if cfg.mtr and cfg.mtr_map == "per_image" and model is None:
+            raise DrmguardError(f"{path} was scanned with per-image MTR maps; pass the model")
+        try:
+            trigger = ReversedTrigger.from_tensors(tensors, cfg, channels, size, model)
+        except RuntimeError as e:
+            raise DrmguardError(f"{path}: tensors do not fit the recorded generator "
+                                f"({str(e).splitlines()[0]})") from None
+        trigger.generator.to(resolve_device(device))
+        res = cls.from_dict(record, trigger)
+        if trigger.weight is not None:
+            res.attention = trigger.weight[0, 0].float().numpy()
+        return res
 
     def save_images(self, out_dir, min_height: int = 96) -> dict[str, str]:
         """Write strips of the sample images (benign, reversed, residual) and the MTR map as
