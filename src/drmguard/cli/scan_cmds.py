@@ -153,7 +153,8 @@ def mitigate_cmd(model_dir: str = typer.Argument(..., help="Model directory or f
                               "finetune": info["finetune"]}
     save_model_any(new, out, new_meta)
     _copy_trigger_record(model_dir, out)
-    typer.echo(f"scan{f' ({trigger})' if trigger else ''}: {info['scan']['status']} (R = {info['scan']['R']:.4f}); fine-tuned "
+    source = f"scan ({trigger})" if trigger else "scan"
+    typer.echo(f"{source}: {info['scan']['status']} (R = {info['scan']['R']:.4f}); fine-tuned "
                f"{info['finetune']['steps']} steps; benign error after: "
                f"{info['benign_error_after']:.3f} {t.error_units}; saved to {out}")
 
