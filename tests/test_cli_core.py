@@ -68,7 +68,7 @@ def test_demo_tiny_trains_once_then_reuses_the_cached_models(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "zoo" / "models").iterdir()) == models
 
 
-def test_identification_plan_trains_nothing(tmp_path, capsys):
+def test_experiment_plans_train_nothing(tmp_path, capsys):
     code, out, err = run(["experiment", "identification", "--profile", "tiny", "--attacks",
                           "badnets", "--benign", "1", "--backdoored", "1", "--plan",
                           "--cache", str(tmp_path / "zoo"), "--out", str(tmp_path / "res")],
@@ -77,3 +77,9 @@ def test_identification_plan_trains_nothing(tmp_path, capsys):
     assert "train   gaze/badnets/seed0" in out
     assert "to do: 2 models, 2 detections" in out and "without a recorded time" in out
     assert not (tmp_path / "zoo").exists() and not (tmp_path / "res").exists()
+    code, out, err = run(["experiment", "mitigation", "--profile", "tiny", "--attacks",
+                          "badnets", "--backdoored", "1", "--mitigations", "drmguard,ft",
+                          "--plan", "--cache", str(tmp_path / "zoo")], capsys)
+    assert code == 0, err
+    assert "mitigate gaze/badnets/seed0 with ft" in out
+    assert "to do: 1 models, 2 mitigations" in out and not (tmp_path / "zoo").exists()

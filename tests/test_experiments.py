@@ -4,7 +4,7 @@ results written with their provenance, and a rerun that trains nothing."""
 import json
 
 from drmguard.experiments.identification import plan_identification, run_identification
-from drmguard.experiments.mitigation import run_mitigation
+from drmguard.experiments.mitigation import plan_mitigation, run_mitigation
 from drmguard.experiments.zoo import ModelSpec, Zoo
 
 
@@ -16,7 +16,7 @@ def test_identification_and_mitigation_tiny(tmp_path):
     rec = run_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache), str(out),
                              progress=False)
     done = plan_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache))
-    assert done["train"] == [] and done["detect"] == [] and done["cached"]["detections"] == 2
+    assert done["train"] == [] and done["detect"] == [] and done["cached"]["runs"] == 2
     more = plan_identification("gaze", ["badnets"], 2, 1, "tiny", ["drmguard"], str(cache))
     assert [w["model"] for w in more["train"]] == ["gaze/benign/seed1"]
     assert more["unestimated"] == 0 and more["estimated_seconds"] > 0  # seed 0's recorded times
@@ -38,8 +38,14 @@ def test_identification_and_mitigation_tiny(tmp_path):
     # the detection) and gives what scanning again gives
     triggers = sorted(cache.glob("runs/*/detect-drmguard-*.trigger.safetensors"))
     assert len(triggers) == 2
+    todo = plan_mitigation("gaze", ["badnets"], 1, "tiny", ["drmguard", "ft"], str(cache))
+    assert todo["train"] == [] and [(w["model"], w["defense"]) for w in todo["mitigate"]] == [
+        ("gaze/badnets/seed0", "drmguard"), ("gaze/badnets/seed0", "ft")]
+    assert todo["unestimated"] == 2  # no mitigation of this kind recorded yet
     mit = run_mitigation("gaze", ["badnets"], 1, "tiny", ["drmguard", "ft"], str(cache), str(out),
                          progress=False)
+    assert plan_mitigation("gaze", ["badnets"], 1, "tiny", ["drmguard", "ft"],
+                           str(cache))["cached"] == {"models": 1, "runs": 2}
     methods = {r["method"] for r in mit["models"]}
     assert methods == {"undefended", "drmguard", "ft"}
     assert (out / "mitigation-gaze-tiny.md").exists()

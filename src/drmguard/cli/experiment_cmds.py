@@ -57,14 +57,22 @@ def _print_plan(p: dict) -> None:
     def when(sec) -> str:
         return "time unknown" if sec is None else f"≈ {sec / 60:.1f} min"
 
-    typer.echo(f"cached: {p['cached']['models']} models, {p['cached']['detections']} detections")
+    kind = p["kind"]
+    runs = {"detect": "detections", "mitigate": "mitigations"}[kind]
+    typer.echo(f"cached: {p['cached']['models']} models, {p['cached']['runs']} {runs}")
+    width = max(8, len(kind) + 1)
     for w in p["train"]:
-        typer.echo(f"train   {w['model']}  ({when(w['seconds'])})")
-    for w in p["detect"]:
-        typer.echo(f"detect  {w['model']} with {w['defense']}  ({when(w['seconds'])})")
+        typer.echo(f"{'train':<{width}}{w['model']}  ({when(w['seconds'])})")
+    for w in p[kind]:
+        typer.echo(f"{kind:<{width}}{w['model']} with {w['defense']}  ({when(w['seconds'])})")
     extra = f"; {p['unestimated']} item(s) without a recorded time" if p["unestimated"] else ""
-    typer.echo(f"to do: {len(p['train'])} models, {len(p['detect'])} detections, "
+    typer.echo(f"to do: {len(p['train'])} models, {len(p[kind])} {runs}, "
                f"{when(p['estimated_seconds'])} as recorded in this cache{extra}")
+
+
+PlanOpt = typer.Option(False, "--plan", help="Only say what is cached and what would be "
+                                             "trained / run (with the times the cache "
+                                             "recorded for alike work).")
 
 
 @exp_app.command("identification")
@@ -77,10 +85,7 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        defenses: str = typer.Option("drmguard", help="drmguard,nc,featurere"),
                        arch: str = typer.Option(None, help="Architecture (profile's default)."),
                        name: str = typer.Option(None, help="Result file name."),
-                       plan: bool = typer.Option(False, "--plan",
-                                                 help="Only say what is cached and what would "
-                                                      "be trained / run (with the times the "
-                                                      "cache recorded for alike work)."),
+                       plan: bool = PlanOpt,
                        cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5)."""
     from ..experiments.identification import (parse_attack_counts, plan_identification,
@@ -108,12 +113,17 @@ def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    mitigations: str = typer.Option("drmguard", help="drmguard,ft,fp,anp"),
                    arch: str = typer.Option(None, help="Architecture (profile's default)."),
                    name: str = typer.Option(None, help="Result file name."),
+                   plan: bool = PlanOpt,
                    cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Mitigation: RE, AE, DAE before and after each method (Tables 4, 6)."""
-    from ..experiments.mitigation import run_mitigation
+    from ..experiments.mitigation import plan_mitigation, run_mitigation
 
     _check_task(task)
     _check_counts(backdoored=backdoored)
+    if plan:
+        _print_plan(plan_mitigation(task, _list(attacks, "--attacks"), backdoored, profile,
+                                    _list(mitigations, "--mitigations"), cache, arch))
+        return
     rec = run_mitigation(task, _list(attacks, "--attacks"), backdoored, profile,
                          _list(mitigations, "--mitigations"), cache, out, arch, name=name,
                          command=_command(), progress=not quiet)

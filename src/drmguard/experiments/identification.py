@@ -140,33 +140,11 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
     """What :func:`run_identification` would do with this cache, without doing it: the models
     to train and the detections to run, each with the median wall time the cache recorded for
     the same kind of work (None when nothing alike is cached yet)."""
-    import statistics
-
-    def median(xs: list[float]) -> float | None:
-        return statistics.median(xs) if xs else None
-
-    zoo = Zoo(cache_dir, progress=False)
-    known = zoo.cached_specs()
-    train, runs, cached = [], [], {"models": 0, "detections": 0}
-    for spec in model_specs(task, profile, attacks, n_benign, n_backdoored, arch):
-        if zoo.has_model(spec):
-            cached["models"] += 1
-        else:
-            train.append({"model": spec.label(),
-                          "seconds": median(zoo.recorded_seconds(spec, known))})
-        for d in defenses or ["drmguard"]:
-            _, config = detect_config(spec, d, (overrides or {}) if d == "drmguard" else {},
-                                      benign_limit)
-            if zoo.has_model(spec) and zoo.has_run(spec, "detect", d, config):
-                cached["detections"] += 1
-            else:
-                runs.append({"model": spec.label(), "defense": d,
-                             "seconds": median(zoo.recorded_seconds(spec, known, "detect", d,
-                                                                    config))})
-    todo = train + runs
-    timed = [w["seconds"] for w in todo if w["seconds"] is not None]
-    return {"cached": cached, "train": train, "detect": runs,
-            "estimated_seconds": sum(timed), "unestimated": len(todo) - len(timed)}
+    specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch)
+    runs = [(spec, d, detect_config(spec, d, (overrides or {}) if d == "drmguard" else {},
+                                    benign_limit)[1])
+            for spec in specs for d in defenses or ["drmguard"]]
+    return Zoo(cache_dir, progress=False).plan(specs, "detect", runs)
 
 
 def run_identification(task: str, attacks: list[str], n_benign: int,

@@ -20,12 +20,19 @@ from .results import md_table, provenance, write_results
 from .zoo import ModelSpec, Zoo
 
 
+def mitigate_config(spec: ModelSpec, name: str, overrides: dict, seed: int = 0):
+    """(mitigator, cache key of its run on ``spec``)."""
+    mitigator = get_mitigator(name, spec.profile, spec.task, **overrides)
+    return mitigator, {"overrides": overrides, "seed": seed,
+                       "resolved": resolved_config(mitigator, spec.task)}
+
+
 def mitigate_record(zoo: Zoo, spec: ModelSpec, model, attack, name: str, overrides: dict,
                     seed: int = 0) -> dict:
     """One mitigator on one zoo model (cached). DRMGuard reuses the trigger of the
     identification scan of the same model, settings and seed when the zoo holds it (the scan
     it would run is the same computation)."""
-    mitigator = get_mitigator(name, spec.profile, spec.task, **overrides)
+    mitigator, key = mitigate_config(spec, name, overrides, seed)
 
     def compute():
         from ..metrics import attack_metrics
@@ -42,9 +49,24 @@ def mitigate_record(zoo: Zoo, spec: ModelSpec, model, attack, name: str, overrid
         m = attack_metrics(fixed, attack, zoo.splits(spec).test, task)
         return {"RE": m["RE"], "AE": m["AE"], "DAE": m["DAE"],
                 "seconds": time.perf_counter() - t0, "info": info}
-    key = {"overrides": overrides, "seed": seed,
-           "resolved": resolved_config(mitigator, spec.task)}
     return zoo.cached_run(spec, "mitigate", name, key, compute)
+
+
+def mitigation_specs(task: str, profile: str, attacks: list[str], n_backdoored: int,
+                     arch: str | None = None) -> list[ModelSpec]:
+    return [ModelSpec(task, profile, a, s, arch) for a in attacks for s in range(n_backdoored)]
+
+
+def plan_mitigation(task: str, attacks: list[str], n_backdoored: int, profile: str = "cpu",
+                    mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
+                    arch: str | None = None) -> dict:
+    """What :func:`run_mitigation` would do with this cache, without doing it (see
+    :meth:`Zoo.plan`). A DRMGuard mitigation whose identification scan the zoo keeps is
+    faster than the recorded times of one that scanned again."""
+    specs = mitigation_specs(task, profile, attacks, n_backdoored, arch)
+    runs = [(spec, m, mitigate_config(spec, m, {})[1]) for spec in specs
+            for m in mitigations or ["drmguard"]]
+    return Zoo(cache_dir, progress=False).plan(specs, "mitigate", runs)
 
 
 def run_mitigation(task: str, attacks: list[str], n_backdoored: int, profile: str = "cpu",
@@ -54,7 +76,7 @@ def run_mitigation(task: str, attacks: list[str], n_backdoored: int, profile: st
     mitigations = mitigations or ["drmguard"]
     zoo = Zoo(cache_dir, progress)
     records = []
-    specs = [ModelSpec(task, profile, a, s, arch) for a in attacks for s in range(n_backdoored)]
+    specs = mitigation_specs(task, profile, attacks, n_backdoored, arch)
     for spec in progress_bar(specs, desc="models", enabled=progress):
         model, attack, meta = zoo.model(spec)
         before = attack_record(zoo, spec, model, attack, meta)

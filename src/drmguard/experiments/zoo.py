@@ -213,6 +213,31 @@ class Zoo:
                 out.append(float(t))
         return out
 
+    def plan(self, specs: list[ModelSpec], kind: str,
+             runs: list[tuple[ModelSpec, str, dict]]) -> dict:
+        """What an experiment over ``specs`` with ``runs`` = [(spec, name, config)] of one
+        ``kind`` ("detect", "mitigate") would do with this cache: the models to train and the
+        runs to compute, each with the median wall time recorded for alike work (None when
+        nothing alike is cached), and what is cached already."""
+        import statistics
+
+        known = self.cached_specs()
+
+        def median(spec, *run) -> float | None:
+            xs = self.recorded_seconds(spec, known, *run)
+            return statistics.median(xs) if xs else None
+
+        train = [{"model": s.label(), "seconds": median(s)} for s in specs
+                 if not self.has_model(s)]
+        todo = [{"model": s.label(), "defense": name, "seconds": median(s, kind, name, cfg)}
+                for s, name, cfg in runs
+                if not (self.has_model(s) and self.has_run(s, kind, name, cfg))]
+        timed = [w["seconds"] for w in train + todo if w["seconds"] is not None]
+        return {"kind": kind, "cached": {"models": len(specs) - len(train),
+                                         "runs": len(runs) - len(todo)},
+                "train": train, kind: todo, "estimated_seconds": sum(timed),
+                "unestimated": len(train) + len(todo) - len(timed)}
+
     def cached_run(self, spec: ModelSpec, kind: str, name: str, config: dict, compute):
         """JSON result of ``compute()`` for (model, kind, name, config), computed once."""
         path = self.run_path(spec, kind, name, config)
