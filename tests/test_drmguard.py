@@ -309,3 +309,18 @@ def test_scan_rejects_mismatched_data():
     bad = ArrayDataset(np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 2), np.float32), "gaze")
     with pytest.raises(DrmguardError, match="model takes"):
         scan(model, bad, task, tiny_cfg(), progress=False)
+
+
+def test_trigger_statistics_of_a_given_trigger():
+    """R and collapse of a hand-made trigger: the identity costs nothing and collapses nothing;
+    a constant image collapses every output at R = mean |c − x| / max ‖x‖_1."""
+    model = tiny_model()
+    x = tiny_data().tensors()[0]
+    same = identify.trigger_statistics(model, x, lambda t: t)
+    assert same["R"] == 0 and same["mean_abs_change_per_pixel"] == 0
+    assert same["collapse_ratio"] == pytest.approx(1.0)
+    grey = identify.trigger_statistics(model, x, lambda t: torch.full_like(t, 0.5), batch_size=7)
+    d = (x - 0.5).abs().flatten(1)
+    assert grey["R"] == pytest.approx(float(d.sum(1).mean() / x.flatten(1).sum(1).max()))
+    assert grey["mean_abs_change_per_pixel"] == pytest.approx(float(d.mean()))
+    assert grey["collapse_ratio"] < 1e-6

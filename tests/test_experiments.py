@@ -25,6 +25,8 @@ def test_identification_and_mitigation_tiny(tmp_path):
     assert s["TP"] + s["FP"] + s["FN"] + s["TN"] == 2
     bd = [r for r in rec["models"] if r["attack"] == "badnets"][0]  # one backdoored model
     assert bd["target_error"] is not None and s["target_error_mean"] == bd["target_error"]
+    assert bd["real_trigger_R"] > 0 and 0 <= bd["real_trigger_collapse"]  # the attack's trigger
+    assert [r["real_trigger_R"] for r in rec["models"] if r["attack"] is None] == [None]
     saved = json.loads((out / "identification-gaze-tiny.json").read_text())
     assert saved["provenance"]["commit"] and saved["summary"] == rec["summary"]
     assert "| defence |" in (out / "identification-gaze-tiny.md").read_text()

@@ -32,6 +32,21 @@ def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
     return zoo.cached_run(spec, "attack", "metrics", {}, compute)
 
 
+def trigger_record(zoo: Zoo, spec: ModelSpec, model, attack) -> dict:
+    """R, change per pixel and collapse ratio of the attack's *own* trigger on the zoo's D_b
+    (cached; empty for a benign model): what DRMGuard's rule would see had its search found
+    exactly the real trigger."""
+    if attack is None:
+        return {}
+
+    def compute():
+        from ..defenses.drmguard.identify import trigger_statistics
+
+        benign = zoo.splits(spec).benign
+        return trigger_statistics(model, benign.tensors()[0], attack.apply)
+    return zoo.cached_run(spec, "attack", "trigger-cost", {}, compute)
+
+
 TRIGGER_SUFFIX = ".trigger.safetensors"  # DRMGuard's reversed trigger beside its detection
 
 
@@ -163,6 +178,7 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     for spec in progress_bar(specs, desc="models", enabled=progress):
         model, attack, meta = zoo.model(spec)
         att = attack_record(zoo, spec, model, attack, meta)
+        real = trigger_record(zoo, spec, model, attack)
         for d in defenses:
             det = detect_record(zoo, spec, model, d, (overrides or {}) if d == "drmguard" else {},
                                 benign_limit)
@@ -174,6 +190,8 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                 "AE": att.get("AE"), "DAE": att.get("DAE"),
                 "target_error": target_error(t, det.get("target_estimate"),
                                              att.get("real_target")),
+                "real_trigger_R": real.get("R"),
+                "real_trigger_collapse": real.get("collapse_ratio"),
                 "seconds": det.get("seconds"), "details": det.get("details", {})})
     summary = summarise(records, defenses, attacks)
     name = name or f"identification-{task}-{profile}" + (f"-{arch}" if arch else "")
@@ -201,8 +219,13 @@ def to_markdown(rec: dict) -> str:
     table = md_table(["defence", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC",
                       "estimate error (mean)"], rows)
     mrows = [[r["model"], r["defense"], r["score"], r["flagged"], r["RE"], r["AE"], r["DAE"],
-              r["target_estimate"], r["real_target"], r.get("target_error"), r["seconds"]]
+              r.get("real_trigger_R"), r.get("real_trigger_collapse"), r["target_estimate"],
+              r["real_target"], r.get("target_error"), r["seconds"]]
              for r in rec["models"]]
-    models = md_table(["model", "defence", "score", "flagged", "RE", "AE", "DAE",
-                       "target estimate", "real target", "estimate error", "seconds"], mrows)
-    return head + table + "\n\n## Per model\n\n" + models
+    models = md_table(["model", "defence", "score", "flagged", "RE", "AE", "DAE", "real R",
+                       "real collapse", "target estimate", "real target", "estimate error",
+                       "seconds"], mrows)
+    note = ("\n\n*real R*, *real collapse*: R and collapse ratio of the attack's own trigger on "
+            "D_b — what DRMGuard's rule (R < τ and collapse below its threshold) would see had "
+            "the search found exactly that trigger.\n")
+    return head + table + "\n\n## Per model\n\n" + models + note

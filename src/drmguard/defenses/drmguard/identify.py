@@ -41,6 +41,27 @@ def collapse_ratio(y_rev: torch.Tensor, y_ben: torch.Tensor) -> float:
     return float((v / v_ref.clamp_min(_EPS)).mean())
 
 
+def trigger_statistics(model, images: torch.Tensor, trigger, batch_size: int = 256) -> dict:
+    """R, mean change per pixel and collapse ratio of a *given* trigger function on ``images``
+    (B×C×H×W in [0, 1]): what the identification rule would see had a search found exactly
+    this trigger — e.g. an attack's own trigger, to tell a missed search from a trigger that
+    is too large for R < τ."""
+    from ...training import predict
+
+    l1, norms, change = [], [], 0.0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        d = (trigger(x) - x).abs().flatten(1)
+        l1.append(d.sum(1))
+        norms.append(x.abs().flatten(1).sum(1))
+        change += float(d.sum())
+    y_ben = predict(model, images, batch_size)
+    y_trig = predict(model, images, batch_size, transform=trigger)
+    return {"R": r_score(torch.cat(l1), torch.cat(norms)),
+            "mean_abs_change_per_pixel": change / images.numel(),
+            "collapse_ratio": collapse_ratio(y_trig, y_ben)}
+
+
 def verdict(r: float, ratio: float, tau: float, collapse_threshold: float) -> tuple[bool, str]:
     """(backdoored?, status) from R and the collapse ratio."""
     if not ratio < collapse_threshold:
