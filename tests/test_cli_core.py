@@ -78,7 +78,7 @@ def test_experiment_plans_train_nothing(tmp_path, capsys):
     assert "to do: 2 models, 2 detections" in out and "without a recorded time" in out
     assert not (tmp_path / "zoo").exists() and not (tmp_path / "res").exists()
     code, out, err = run(["experiment", "mitigation", "--profile", "tiny", "--attacks",
-                          "badnets", "--backdoored", "1", "--mitigations", "drmguard,ft",
+                          "badnets:1", "--backdoored", "3", "--mitigations", "drmguard,ft",
                           "--plan", "--cache", str(tmp_path / "zoo")], capsys)
     assert code == 0, err
     assert "mitigate gaze/badnets/seed0 with ft" in out

@@ -40,7 +40,8 @@ def test_identification_and_mitigation_tiny(tmp_path):
     # the detection) and gives what scanning again gives
     triggers = sorted(cache.glob("runs/*/detect-drmguard-*.trigger.safetensors"))
     assert len(triggers) == 2
-    todo = plan_mitigation("gaze", ["badnets"], 1, "tiny", ["drmguard", "ft"], str(cache))
+    todo = plan_mitigation("gaze", ["badnets"], {"badnets": 1}, "tiny", ["drmguard", "ft"],
+                           str(cache))
     assert todo["train"] == [] and [(w["model"], w["defense"]) for w in todo["mitigate"]] == [
         ("gaze/badnets/seed0", "drmguard"), ("gaze/badnets/seed0", "ft")]
     assert todo["unestimated"] == 2  # no mitigation of this kind recorded yet

@@ -108,7 +108,8 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
 
 @exp_app.command("mitigation")
 def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
-                   attacks: str = typer.Option("wanet", help="Comma-separated."),
+                   attacks: str = typer.Option("wanet", help="Comma-separated; NAME:COUNT "
+                                                             "sets that attack's model count."),
                    backdoored: int = typer.Option(5, help="Backdoored models per attack."),
                    mitigations: str = typer.Option("drmguard", help="drmguard,ft,fp,anp"),
                    arch: str = typer.Option(None, help="Architecture (profile's default)."),
@@ -116,15 +117,17 @@ def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    plan: bool = PlanOpt,
                    cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Mitigation: RE, AE, DAE before and after each method (Tables 4, 6)."""
+    from ..experiments.identification import parse_attack_counts
     from ..experiments.mitigation import plan_mitigation, run_mitigation
 
     _check_task(task)
     _check_counts(backdoored=backdoored)
+    names, counts = parse_attack_counts(_list(attacks, "--attacks"), backdoored)
     if plan:
-        _print_plan(plan_mitigation(task, _list(attacks, "--attacks"), backdoored, profile,
+        _print_plan(plan_mitigation(task, names, counts, profile,
                                     _list(mitigations, "--mitigations"), cache, arch))
         return
-    rec = run_mitigation(task, _list(attacks, "--attacks"), backdoored, profile,
+    rec = run_mitigation(task, names, counts, profile,
                          _list(mitigations, "--mitigations"), cache, out, arch, name=name,
                          command=_command(), progress=not quiet)
     for s in rec["summary"]:

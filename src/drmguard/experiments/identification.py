@@ -203,15 +203,16 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     return record
 
 
-def _counts(n) -> str:
+def format_counts(n) -> str:
+    """Model counts for a table header: ``5`` or ``10 (badnets), 2 (wanet)``."""
     return ", ".join(f"{v} ({k})" for k, v in n.items()) if isinstance(n, dict) else str(n)
 
 
 def to_markdown(rec: dict) -> str:
     head = (f"# Backdoor identification — {rec['task']}, profile {rec['profile']}"
             + (f", {rec['arch']}" if rec.get("arch") else "") + "\n\n"
-            f"{rec['n_benign']} benign models and {_counts(rec['n_backdoored'])} backdoored "
-            f"models per attack; defender's benign set = the zoo's D_b"
+            f"{rec['n_benign']} benign models and {format_counts(rec['n_backdoored'])} "
+            f"backdoored models per attack; defender's benign set = the zoo's D_b"
             + (f" (first {rec['benign_limit']} images)" if rec.get("benign_limit") else "")
             + (f"; DRMGuard overrides {rec['overrides']}" if rec.get("overrides") else "") + ".\n\n")
     rows = [[s["defense"], s["attack"], s["TP"], s["FP"], s["FN"], s["TN"], s["accuracy"],

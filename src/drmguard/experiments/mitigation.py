@@ -15,7 +15,7 @@ import numpy as np
 from ..defenses.base import get_mitigator, resolved_config
 from ..tasks import get_task
 from ..utils import progress_bar
-from .identification import attack_record, saved_scan
+from .identification import format_counts, attack_record, model_specs, saved_scan
 from .results import md_table, provenance, write_results
 from .zoo import ModelSpec, Zoo
 
@@ -52,12 +52,15 @@ def mitigate_record(zoo: Zoo, spec: ModelSpec, model, attack, name: str, overrid
     return zoo.cached_run(spec, "mitigate", name, key, compute)
 
 
-def mitigation_specs(task: str, profile: str, attacks: list[str], n_backdoored: int,
-                     arch: str | None = None) -> list[ModelSpec]:
-    return [ModelSpec(task, profile, a, s, arch) for a in attacks for s in range(n_backdoored)]
+def mitigation_specs(task: str, profile: str, attacks: list[str],
+                     n_backdoored: int | dict[str, int], arch: str | None = None
+                     ) -> list[ModelSpec]:
+    """Seeds 0..n-1 of every attack (``n_backdoored``: one count or a per-attack dict)."""
+    return model_specs(task, profile, attacks, 0, n_backdoored, arch)
 
 
-def plan_mitigation(task: str, attacks: list[str], n_backdoored: int, profile: str = "cpu",
+def plan_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
+                    profile: str = "cpu",
                     mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
                     arch: str | None = None) -> dict:
     """What :func:`run_mitigation` would do with this cache, without doing it (see
@@ -69,7 +72,8 @@ def plan_mitigation(task: str, attacks: list[str], n_backdoored: int, profile: s
     return Zoo(cache_dir, progress=False).plan(specs, "mitigate", runs)
 
 
-def run_mitigation(task: str, attacks: list[str], n_backdoored: int, profile: str = "cpu",
+def run_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
+                   profile: str = "cpu",
                    mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
                    out_dir: str = "results", arch: str | None = None, name: str | None = None,
                    command: str = "", progress: bool = True) -> dict:
@@ -108,7 +112,8 @@ def to_markdown(rec: dict) -> str:
     units = "degrees" if rec["task"] in ("gaze", "headpose") else "target units"
     head = (f"# Backdoor mitigation — {rec['task']}, profile {rec['profile']}"
             + (f", {rec['arch']}" if rec.get("arch") else "")
-            + f"\n\n{rec['n_backdoored']} backdoored models per attack; errors in {units} on the "
+            + f"\n\n{format_counts(rec['n_backdoored'])} backdoored models per attack; errors in "
+            f"{units} on the "
             "test split (mean ± std over models). AE should rise after mitigation, DAE fall "
             "towards RE.\n\n")
     rows = [[s["attack"], s["method"], s["n"], f"{s['RE_mean']:.2f} ± {s['RE_std']:.2f}",
