@@ -53,6 +53,10 @@ def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     typer.echo(f"wrote {out}/attacks-{task}-{profile}.md" if rec else "done")
 
 
+def _auc(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _print_plan(p: dict) -> None:
     def when(sec) -> str:
         return "time unknown" if sec is None else f"≈ {sec / 60:.1f} min"
@@ -103,7 +107,7 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                              command=_command(), progress=not quiet)
     for s in rec["summary"]:
         typer.echo(f"{s['defense']:>10} {s['attack']:>12}: TP {s['TP']} FP {s['FP']} FN {s['FN']} "
-                   f"TN {s['TN']}  acc {s['accuracy']:.3f}  AUC {s['roc_auc']}")
+                   f"TN {s['TN']}  acc {s['accuracy']:.3f}  AUC {_auc(s['roc_auc'])}")
 
 
 @exp_app.command("mitigation")
@@ -155,7 +159,8 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     rec = run_ablation(task, _list(attacks, "--attacks"), benign, backdoored, profile, chosen,
                        cache, out, command=_command(), progress=not quiet)
     for r in rec["rows"]:
-        typer.echo(f"{r['variant']:>28} {r['attack']:>8}: acc {r['accuracy']:.3f}  AUC {r['roc_auc']}")
+        typer.echo(f"{r['variant']:>28} {r['attack']:>8}: acc {r['accuracy']:.3f}  "
+                   f"AUC {_auc(r['roc_auc'])}")
 
 
 @exp_app.command("architectures")
@@ -174,7 +179,7 @@ def architectures_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
         rec = run_identification(task, [attack], benign, backdoored, profile, ["drmguard"],
                                  cache, out, a, command=_command(), progress=not quiet)
         s = rec["summary"][0]
-        typer.echo(f"{a:>14}: acc {s['accuracy']:.3f}  AUC {s['roc_auc']}")
+        typer.echo(f"{a:>14}: acc {s['accuracy']:.3f}  AUC {_auc(s['roc_auc'])}")
         run_mitigation(task, [attack], backdoored, profile, ["drmguard"], cache, out, a,
                        command=_command(), progress=not quiet)
 
