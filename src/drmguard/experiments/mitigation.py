@@ -15,7 +15,7 @@ import numpy as np
 from ..defenses.base import get_mitigator, resolved_config
 from ..tasks import get_task
 from ..utils import progress_bar
-from .identification import format_counts, attack_record, model_specs, saved_scan
+from .identification import attack_record, format_counts, model_specs, saved_scan
 from .results import md_table, provenance, write_results
 from .zoo import ModelSpec, Zoo
 
