@@ -41,6 +41,7 @@ def collapse_ratio(y_rev: torch.Tensor, y_ben: torch.Tensor) -> float:
     return float((v / v_ref.clamp_min(_EPS)).mean())
 
 
+@torch.no_grad()
 def trigger_statistics(model, images: torch.Tensor, trigger, batch_size: int = 256) -> dict:
     """R, mean change per pixel and collapse ratio of a *given* trigger function on ``images``
     (B×C×H×W in [0, 1]): what the identification rule would see had a search found exactly
