@@ -59,6 +59,7 @@ def write_results(out_dir: str | Path, name: str, record: dict, markdown: str) -
     prov = record.get("provenance", {})
     footer = (f"\n\n---\nCommand: `{prov.get('command', '')}`  \nCommit: `{prov.get('commit')}` · "
               f"drmguard {prov.get('drmguard_version')} · torch {prov.get('torch')} · "
-              f"{prov.get('device')} ({prov.get('threads')} threads) · {prov.get('date')}\n")
+              f"{prov.get('device')} ({prov.get('threads')} thread"
+              f"{'' if prov.get('threads') == 1 else 's'}) · {prov.get('date')}\n")
     mp.write_text(markdown.rstrip() + footer)
     return jp, mp
