@@ -3,3 +3,9 @@
 
 class DrmguardError(Exception):
     """Bad input or an unusable configuration, explained in one line."""
+
+
+def first_line(e: object) -> str:
+    """The first line of an exception's text (its type name when the text is empty)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DrmguardError
+from ..errors import DrmguardError, first_line
 from .adaptive import Adaptive
 from .badnets import BadNets
 from .base import TRIGGER_FILE, Attack, attack_train_config
@@ -83,7 +83,7 @@ def load_attack(model_dir: str | Path) -> Attack | None:
     try:
         state = load_file(str(trigger))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise DrmguardError(f"cannot read {trigger}: {str(e).splitlines()[0]}") from None
+        raise DrmguardError(f"cannot read {trigger}: {first_line(e)}") from None
     state.pop("_empty", None)
     task_rec = meta.get("task") or {}
     task = get_task(task_rec.get("name", "generic"), dim=task_rec.get("dim", len(targets[0])),

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.base import ArrayDataset
-from ..errors import DrmguardError
+from ..errors import DrmguardError, first_line
 from ..models.split import RegressionModel
 from ..tasks import Task
 from ..training import TrainConfig, batches, fit
@@ -132,7 +132,7 @@ class InputAware(Attack):
                 net.load_state_dict(part)
             except RuntimeError as e:
                 raise DrmguardError(f"the saved IA generators do not match: "
-                                    f"{str(e).splitlines()[0]}") from None
+                                    f"{first_line(e)}") from None
         self.pattern_net.eval()
         self.mask_net.eval()
 

@@ -53,7 +53,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
-from ..errors import DrmguardError
+from ..errors import DrmguardError, first_line
 from ..tasks import Task, get_task
 from .registry import ARCHS, build_model
 from .split import RegressionModel
@@ -206,7 +206,7 @@ def load_drmguard_model(path: str | os.PathLike, arch: str | None = None,
         model.load_state_dict(state)
     except RuntimeError as e:
         raise DrmguardError(f"{weights} does not match architecture {rec}: "
-                            f"{_first_line(e)}") from None
+                            f"{first_line(e)}") from None
     model.eval()
     if feature_layer:
         meta = {**meta, "head": model.head_name}
@@ -266,7 +266,7 @@ def load_pickled_module(path: Path, allow_pickle: bool) -> torch.nn.Module:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as e:  # any unpickling failure
-        raise DrmguardError(f"cannot unpickle {path}: {_first_line(e)}") from None
+        raise DrmguardError(f"cannot unpickle {path}: {first_line(e)}") from None
     if not isinstance(obj, torch.nn.Module):
         raise DrmguardError(f"{path} holds a {type(obj).__name__}, not a model")
     return obj
@@ -370,7 +370,7 @@ def _wrap_module(net: nn.Module, size: tuple, mean, std, feature_layer: str | No
         _check_explicit_head(model, feature_layer, source, notes)
         return model.eval()
     what = f"{c}×{h}×{w}" if c else f"3×{h}×{w} or 1×{h}×{w}"
-    raise DrmguardError(f"{source} fails on a {what} input ({_first_line(last_error)}); pass "
+    raise DrmguardError(f"{source} fails on a {what} input ({first_line(last_error)}); pass "
                         "--input-size C,H,W with the size it expects")
 
 
@@ -455,7 +455,7 @@ def _jit_load(source, name: str) -> tuple[torch.jit.ScriptModule, dict]:
             f = io.BytesIO(source) if isinstance(source, bytes) else str(source)
             module = torch.jit.load(f, map_location="cpu", _extra_files=extra)
     except Exception as e:
-        raise DrmguardError(f"cannot load TorchScript {name}: {_first_line(e)}") from None
+        raise DrmguardError(f"cannot load TorchScript {name}: {first_line(e)}") from None
     info = {}
     if extra.get(EXPORT_META):
         try:
@@ -506,7 +506,7 @@ def load_torchscript(path: str | os.PathLike, input_size=None, mean=None, std=No
     if y is None:
         what = f"{c}×{hw[0]}×{hw[1]}" if c else f"3×{hw[0]}×{hw[1]} or 1×{hw[0]}×{hw[1]}"
         raise DrmguardError(f"TorchScript model {p.name} fails on a {what} input "
-                            f"({_first_line(last_error)}); pass --input-size C,H,W")
+                            f"({first_line(last_error)}); pass --input-size C,H,W")
     if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != PROBE_BATCH:
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise DrmguardError(f"TorchScript model {p.name} must return a B×K tensor, got {got}")
@@ -617,7 +617,7 @@ def load_onnx(path: str | os.PathLike, input_size=None, mean=None, std=None,
         proto = onnx.load(str(p))
         onnx.checker.check_model(proto)
     except Exception as e:
-        raise DrmguardError(f"cannot read ONNX model {p}: {_first_line(e)}") from None
+        raise DrmguardError(f"cannot read ONNX model {p}: {first_line(e)}") from None
     info = _onnx_input_info(proto)
     for prop in proto.metadata_props:
         if prop.key == EXPORT_META:
@@ -632,7 +632,7 @@ def load_onnx(path: str | os.PathLike, input_size=None, mean=None, std=None,
     try:
         net = _onnx_convert(onnx, convert, proto)
     except Exception as e:
-        raise DrmguardError(f"onnx2torch cannot convert {p.name}: {_first_line(e)}; export it "
+        raise DrmguardError(f"onnx2torch cannot convert {p.name}: {first_line(e)}; export it "
                             f"with opset {ONNX_OPSET} (torch.onnx.export(..., dynamo=False, "
                             f"opset_version={ONNX_OPSET})) or as TorchScript") from None
     model = _wrap_module(net, (c, *hw), mean, std, feature_layer or info.get("head"),
@@ -698,7 +698,7 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise DrmguardError(f"cannot read {path}: {_first_line(e)}") from None
+        raise DrmguardError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -714,7 +714,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # includes pickles that reference code: refused, never executed
-        raise DrmguardError(f"{p} is not a plain state dict ({_first_line(e)}); convert it to "
+        raise DrmguardError(f"{p} is not a plain state dict ({first_line(e)}); convert it to "
                             "safetensors, or load a pickled module with --allow-pickle") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -755,7 +755,7 @@ def load_arch_weights(arch: str, weights: str | os.PathLike, input_size=None, me
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise DrmguardError(f"{p} does not match --arch {arch}: {_first_line(e)}") from None
+        raise DrmguardError(f"{p} does not match --arch {arch}: {first_line(e)}") from None
     if mean is None and std is None:
         notes.append(f"no input normalisation given for {p.name}: assuming the model takes "
                      "images in [0, 1]; pass --mean/--std if it expects normalised input")
@@ -790,11 +790,6 @@ def task_from_meta(meta: dict) -> Task | None:
                         target_names=t.get("target_names") if t["name"] == "generic" else None)
     except DrmguardError:
         return None
-
-
-def _first_line(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ------------------------------------------------------------------------------------------

@@ -47,20 +47,20 @@ def trigger_statistics(model, images: torch.Tensor, trigger, batch_size: int = 2
     (B×C×H×W in [0, 1]): what the identification rule would see had a search found exactly
     this trigger — e.g. an attack's own trigger, to tell a missed search from a trigger that
     is too large for R < τ."""
-    from ...training import predict
-
-    l1, norms, change = [], [], 0.0
+    model.eval()
+    device = next(model.parameters()).device
+    l1, norms, ys, ys_trig = [], [], [], []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
-        d = (trigger(x) - x).abs().flatten(1)
-        l1.append(d.sum(1))
-        norms.append(x.abs().flatten(1).sum(1))
-        change += float(d.sum())
-    y_ben = predict(model, images, batch_size)
-    y_trig = predict(model, images, batch_size, transform=trigger)
-    return {"R": r_score(torch.cat(l1), torch.cat(norms)),
-            "mean_abs_change_per_pixel": change / images.numel(),
-            "collapse_ratio": collapse_ratio(y_trig, y_ben)}
+        xt = trigger(x)
+        l1.append((xt - x).abs().flatten(1).sum(1))
+        norms.append(x.flatten(1).sum(1))
+        ys.append(model(x.to(device)).float().cpu())
+        ys_trig.append(model(xt.to(device)).float().cpu())
+    l1 = torch.cat(l1)
+    return {"R": r_score(l1, torch.cat(norms)),
+            "mean_abs_change_per_pixel": float(l1.sum()) / images.numel(),
+            "collapse_ratio": collapse_ratio(torch.cat(ys_trig), torch.cat(ys))}
 
 
 def verdict(r: float, ratio: float, tau: float, collapse_threshold: float) -> tuple[bool, str]:

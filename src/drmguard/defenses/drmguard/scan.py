@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ...data.base import ArrayDataset
-from ...errors import DrmguardError
+from ...errors import DrmguardError, first_line
 from ...tasks import Task
 from ...utils import resolve_device
 from .config import DRMGuardConfig, default_config
@@ -145,9 +145,7 @@ class ScanResult:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # missing, truncated or not a safetensors file
-            raise DrmguardError(f"cannot read the trigger file {path}: "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-                from None
+            raise DrmguardError(f"cannot read the trigger file {path}: {first_line(e)}") from None
         if meta.get("format") != TRIGGER_FORMAT:
             raise DrmguardError(f"{path} is not a DRMGuard trigger file (format "
                                 f"{meta.get('format')!r}, expected {TRIGGER_FORMAT!r})")
@@ -163,7 +161,7 @@ class ScanResult:
             trigger = ReversedTrigger.from_tensors(tensors, cfg, channels, size, model)
         except RuntimeError as e:
             raise DrmguardError(f"{path}: tensors do not fit the recorded generator "
-                                f"({str(e).splitlines()[0]})") from None
+                                f"({first_line(e)})") from None
         trigger.generator.to(resolve_device(device))
         res = cls.from_dict(record, trigger)
         if trigger.weight is not None:
