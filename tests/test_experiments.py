@@ -20,6 +20,10 @@ def test_identification_and_mitigation_tiny(tmp_path):
     more = plan_identification("gaze", ["badnets"], 2, 1, "tiny", ["drmguard"], str(cache))
     assert [w["model"] for w in more["train"]] == ["gaze/benign/seed1"]
     assert more["unestimated"] == 0 and more["estimated_seconds"] > 0  # seed 0's recorded times
+    # a new attack: its training is not timed, its scan is (by the task's recorded scans)
+    other = plan_identification("gaze", ["blend"], 1, 1, "tiny", ["drmguard"], str(cache))
+    assert [w["model"] for w in other["train"]] == ["gaze/blend/seed0"]
+    assert other["train"][0]["seconds"] is None and other["detect"][0]["seconds"] > 0
     assert {r["attack"] for r in rec["models"]} == {None, "badnets"}
     s = rec["summary"][0]
     assert s["TP"] + s["FP"] + s["FN"] + s["TN"] == 2

@@ -188,11 +188,14 @@ class Zoo:
         return out
 
     def recorded_seconds(self, spec: ModelSpec, cached: dict[str, dict], kind: str | None = None,
-                         name: str | None = None, config: dict | None = None) -> list[float]:
+                         name: str | None = None, config: dict | None = None,
+                         any_attack: bool = False) -> list[float]:
         """Wall times recorded for work like ``spec``'s among the ``cached`` models (from
         :meth:`cached_specs`) with the same task, profile, attack, options and architecture (any
-        seed): their training times, or with ``kind``/``name``/``config`` the times of that run."""
-        same = {k: v for k, v in spec.to_dict().items() if k != "seed"}
+        seed): their training times, or with ``kind``/``name``/``config`` the times of that run.
+        ``any_attack``: models of any attack (or none) count as alike."""
+        ignored = {"seed", "attack", "attack_options"} if any_attack else {"seed"}
+        same = {k: v for k, v in spec.to_dict().items() if k not in ignored}
         out = []
         for key, other in cached.items():
             if {k: other.get(k) for k in same} != same:
@@ -218,13 +221,18 @@ class Zoo:
         """What an experiment over ``specs`` with ``runs`` = [(spec, name, config)] of one
         ``kind`` ("detect", "mitigate") would do with this cache: the models to train and the
         runs to compute, each with the median wall time recorded for alike work (None when
-        nothing alike is cached), and what is cached already."""
+        nothing alike is cached), and what is cached already. A run's time barely depends on
+        the attack the model carries, so a run with no record on models of its own attack is
+        timed by the same run on the task's other models; training times are not (attacks
+        train differently)."""
         import statistics
 
         known = self.cached_specs()
 
         def median(spec, *run) -> float | None:
             xs = self.recorded_seconds(spec, known, *run)
+            if not xs and run:
+                xs = self.recorded_seconds(spec, known, *run, any_attack=True)
             return statistics.median(xs) if xs else None
 
         train = [{"model": s.label(), "seconds": median(s)} for s in specs
