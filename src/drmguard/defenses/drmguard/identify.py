@@ -47,16 +47,16 @@ def trigger_statistics(model, images: torch.Tensor, trigger, batch_size: int = 2
     (B×C×H×W in [0, 1]): what the identification rule would see had a search found exactly
     this trigger — e.g. an attack's own trigger, to tell a missed search from a trigger that
     is too large for R < τ."""
-    model.eval()
-    device = next(model.parameters()).device
+    from ...training import predict
+
     l1, norms, ys, ys_trig = [], [], [], []
-    for i in range(0, len(images), batch_size):
+    for i in range(0, len(images), batch_size):  # the trigger applied once per batch
         x = images[i:i + batch_size]
         xt = trigger(x)
         l1.append((xt - x).abs().flatten(1).sum(1))
         norms.append(x.flatten(1).sum(1))
-        ys.append(model(x.to(device)).float().cpu())
-        ys_trig.append(model(xt.to(device)).float().cpu())
+        ys.append(predict(model, x, batch_size))
+        ys_trig.append(predict(model, xt, batch_size))
     l1 = torch.cat(l1)
     return {"R": r_score(l1, torch.cat(norms)),
             "mean_abs_change_per_pixel": float(l1.sum()) / images.numel(),
