@@ -58,6 +58,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model, generator and batch in channels-last memory format")
     ap.add_argument("--out", default="results")
     args = ap.parse_args(argv)
     if args.threads:
@@ -70,6 +72,8 @@ def main(argv=None) -> dict:
     net = build_model(prof.arch, task.dim, 3, **prof.arch_kwargs)
     model = RegressionModel(net, (side, side), 3, mean=[0.5] * 3, std=[0.25] * 3).to(device)
     x = torch.rand(cfg.batch_size, 3, side, side, device=device)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model, x = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
     y = torch.randn(cfg.batch_size, task.dim, device=device) * 0.2
 
     def bare():
@@ -80,7 +84,7 @@ def main(argv=None) -> dict:
     timed(bare, args.warmup, device)
     t_bare = timed(bare, args.repeats, device)
 
-    gen = build_generator(cfg, 3, (side, side)).to(device).train()
+    gen = build_generator(cfg, 3, (side, side)).to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
     momentum = mtr_mod.MomentumMap(cfg.mtr_beta, per_image=cfg.mtr_map == "per_image")
     with frozen(model):
@@ -101,13 +105,14 @@ def main(argv=None) -> dict:
         "arch": prof.arch, "image_size": side, "batch_size": cfg.batch_size,
         "generator": cfg.generator, "gen_width": cfg.gen_width,
         "bare_fwd_bwd_s": bare_s, "drmguard_step_s": step_s, "ratio": step_s / bare_s,
-        "repeats": args.repeats, "device": str(device),
+        "channels_last": args.channels_last, "repeats": args.repeats, "device": str(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "commit": git_commit(),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"scan_step_{args.profile}_{args.task}.json"
+    suffix = "_channels_last" if args.channels_last else ""
+    path = out / f"scan_step_{args.profile}_{args.task}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result
