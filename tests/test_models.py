@@ -81,3 +81,24 @@ def test_pickle_payload_executes_nothing_by_default(tmp_path):
     with pytest.raises(DrmguardError, match="allow-pickle"):
         load_model(f)
     assert not marker.exists()
+
+
+def test_device_layout_is_plain_on_cpu_and_restores_nchw(monkeypatch, tmp_path):
+    import drmguard.utils as utils
+
+    model = RegressionModel(build_model("small_resnet", 2), (16, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with utils.device_layout(model, torch.device("cpu")) as fmt:
+        assert fmt == torch.contiguous_format
+        assert all(p.is_contiguous() for p in model.parameters())
+    # the CUDA branch (channels-last) without a GPU: layout only, no forward pass
+    monkeypatch.setattr(utils, "memory_format_for", lambda device: torch.channels_last)
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    with utils.device_layout(model, torch.device("cpu")) as fmt:
+        assert fmt == torch.channels_last
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert any(not p.is_contiguous() for p in convs)  # 3×3 kernels really changed layout
+    assert all(p.is_contiguous() for p in model.parameters())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    save_model(model, tmp_path / "m", {"arch": "small_resnet"})  # safetensors needs contiguous

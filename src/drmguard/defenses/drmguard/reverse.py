@@ -108,17 +108,22 @@ def frozen(model: torch.nn.Module):
 
 
 class BenignImages:
-    """D_b's images kept as uint8 (N×H×W×C, CPU); float batches on the device on demand."""
+    """D_b's images kept as uint8 (N×H×W×C, CPU); float batches on the device on demand, in
+    ``memory_format`` (the scanned model's layout, :func:`drmguard.utils.device_layout`)."""
 
-    def __init__(self, images: np.ndarray, device: torch.device):
+    def __init__(self, images: np.ndarray, device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         self.u8 = torch.from_numpy(np.ascontiguousarray(images))
         self.device = device
+        self.memory_format = memory_format
 
     def __len__(self) -> int:
         return len(self.u8)
 
     def get(self, idx) -> torch.Tensor:
-        return float_images(self.u8[idx].to(self.device))
+        x = float_images(self.u8[idx].to(self.device))
+        return x if self.memory_format == torch.contiguous_format else \
+            x.contiguous(memory_format=self.memory_format)
 
     def chunks(self, batch_size: int):
         for i in range(0, len(self), batch_size):
@@ -236,7 +241,7 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
     g = seed_everything(seed)
     n = len(images)
     c, hgt, wid = images.u8.shape[3], images.u8.shape[1], images.u8.shape[2]
-    gen = build_generator(cfg, c, (hgt, wid)).to(device)
+    gen = build_generator(cfg, c, (hgt, wid)).to(device, memory_format=images.memory_format)
     search_seconds = {}
     pre_err = None
     if cfg.generator == "ia" and cfg.pretrain_steps > 0:
@@ -274,6 +279,7 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
     search_seconds["search"] = time.perf_counter() - t0
     recalibrate_batchnorm(gen, (images.get(sl) for sl in images.chunks(bs)))
     final_weight = momentum.weight().detach() if cfg.mtr else None
+    gen.to(memory_format=torch.contiguous_format)  # the trigger is applied anywhere later
     trigger = ReversedTrigger(gen, final_weight, cfg,
                               attention_model=model if cfg.mtr_map == "per_image" else None)
     return Search(trigger, seed, trajectory, history, pre_err, r_floor, search_seconds)

@@ -31,7 +31,7 @@ import torch
 from ...data.base import ArrayDataset
 from ...errors import DrmguardError, first_line
 from ...tasks import Task
-from ...utils import resolve_device
+from ...utils import device_layout, resolve_device
 from .config import DRMGuardConfig, default_config
 from .identify import detection_score, evaluate_trigger, verdict
 from .reverse import BenignImages, ReversedTrigger, frozen, precompute_benign, run_search
@@ -225,11 +225,11 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
     _check_inputs(model, benign, task)
     device = resolve_device(cfg.device)
     t_start = time.perf_counter()
-    images = BenignImages(benign.images, device)
     model_device = next(model.parameters()).device
     model.to(device)
     try:
-        with frozen(model):
+        with device_layout(model, device) as fmt, frozen(model):
+            images = BenignImages(benign.images, device, fmt)
             t0 = time.perf_counter()
             bench = precompute_benign(model, images, cfg)
             t_bench = time.perf_counter() - t0
