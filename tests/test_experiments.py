@@ -121,3 +121,40 @@ def test_markdown_cells_escape_pipes():
 
     table = md_table(["variant", "AUC"], [["|D_b| = 100", 1.0]])
     assert table.splitlines()[2] == "| \\|D_b\\| = 100 | 1.000 |"
+
+
+def test_runs_record_their_code_and_rescan_recomputes_others(tmp_path, monkeypatch):
+    import pytest
+
+    import drmguard.experiments.results as results_mod
+    import drmguard.experiments.zoo as zoo_mod
+    from drmguard.experiments.identification import saved_scan
+    from drmguard.utils import code_digest
+
+    cache, out = str(tmp_path / "cache"), tmp_path / "results"
+    args = ("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], cache)
+    first = run_identification(*args, str(out), progress=False)
+    now = code_digest()
+    assert {m["code"] for m in first["models"]} == {now}
+    md = (out / "identification-gaze-tiny.md").read_text()
+    assert f"Runs: 2 of 2 made by this code (`{now}`)" in md and "earlier code" not in md
+
+    later = "0123456789ab"  # the package's code changes
+    monkeypatch.setattr(zoo_mod, "code_digest", lambda: later)
+    monkeypatch.setattr(results_mod, "code_digest", lambda: later)
+    reused = run_identification(*args, str(out), progress=False)
+    assert {m["code"] for m in reused["models"]} == {now}  # the cache is reused as it was ...
+    assert "2 by earlier code" in (out / "identification-gaze-tiny.md").read_text()  # ... visibly
+    spec = ModelSpec("gaze", "tiny", "badnets", 0)
+    model, _, _ = Zoo(cache).model(spec)
+    assert saved_scan(Zoo(cache), spec, model, {}) is not None
+    assert saved_scan(Zoo(cache, rescan=True), spec, model, {}) is None  # a stale trigger
+
+    plan = plan_identification(*args, rescan=True)
+    assert plan["train"] == [] and len(plan["detect"]) == 2
+    redone = run_identification(*args, str(out), progress=False, rescan=True)
+    assert {m["code"] for m in redone["models"]} == {later}
+    assert [m["score"] for m in redone["models"]] == pytest.approx(
+        [m["score"] for m in first["models"]])  # same code in fact: same numbers
+    assert plan_identification(*args, rescan=True)["detect"] == []
+    assert "Runs: 2 of 2 made by this code" in (out / "identification-gaze-tiny.md").read_text()

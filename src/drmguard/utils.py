@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,16 @@ def git_commit(default: str = "unknown") -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return default
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Short hash of the drmguard package's Python sources as they run now (12 hex digits).
+
+    Stamped on every cached experiment run: unlike the commit it ignores docs, results and
+    tests, so it changes exactly when the code that computes a run might."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]

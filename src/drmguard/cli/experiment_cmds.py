@@ -77,6 +77,9 @@ def _print_plan(p: dict) -> None:
 PlanOpt = typer.Option(False, "--plan", help="Only say what is cached and what would be "
                                              "trained / run (with the times the cache "
                                              "recorded for alike work).")
+RescanOpt = typer.Option(False, "--rescan", help="Recompute the cached runs (scans, "
+                                                 "mitigations, attack metrics) that other code "
+                                                 "made; trained models are reused.")
 
 
 @exp_app.command("identification")
@@ -89,7 +92,7 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        defenses: str = typer.Option("drmguard", help="drmguard,nc,featurere"),
                        arch: str = typer.Option(None, help="Architecture (profile's default)."),
                        name: str = typer.Option(None, help="Result file name."),
-                       plan: bool = PlanOpt,
+                       plan: bool = PlanOpt, rescan: bool = RescanOpt,
                        cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5)."""
     from ..experiments.identification import (parse_attack_counts, plan_identification,
@@ -100,11 +103,12 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     names, counts = parse_attack_counts(_list(attacks, "--attacks"), backdoored)
     if plan:
         _print_plan(plan_identification(task, names, benign, counts, profile,
-                                        _list(defenses, "--defenses"), cache, arch))
+                                        _list(defenses, "--defenses"), cache, arch,
+                                        rescan=rescan))
         return
     rec = run_identification(task, names, benign, counts, profile,
                              _list(defenses, "--defenses"), cache, out, arch, name=name,
-                             command=_command(), progress=not quiet)
+                             command=_command(), progress=not quiet, rescan=rescan)
     for s in rec["summary"]:
         typer.echo(f"{s['defense']:>10} {s['attack']:>12}: TP {s['TP']} FP {s['FP']} FN {s['FN']} "
                    f"TN {s['TN']}  acc {s['accuracy']:.3f}  AUC {_auc(s['roc_auc'])}")
@@ -118,7 +122,7 @@ def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    mitigations: str = typer.Option("drmguard", help="drmguard,ft,fp,anp"),
                    arch: str = typer.Option(None, help="Architecture (profile's default)."),
                    name: str = typer.Option(None, help="Result file name."),
-                   plan: bool = PlanOpt,
+                   plan: bool = PlanOpt, rescan: bool = RescanOpt,
                    cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Mitigation: RE, AE, DAE before and after each method (Tables 4, 6)."""
     from ..experiments.identification import parse_attack_counts
@@ -129,11 +133,12 @@ def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     names, counts = parse_attack_counts(_list(attacks, "--attacks"), backdoored)
     if plan:
         _print_plan(plan_mitigation(task, names, counts, profile,
-                                    _list(mitigations, "--mitigations"), cache, arch))
+                                    _list(mitigations, "--mitigations"), cache, arch,
+                                    rescan=rescan))
         return
     rec = run_mitigation(task, names, counts, profile,
                          _list(mitigations, "--mitigations"), cache, out, arch, name=name,
-                         command=_command(), progress=not quiet)
+                         command=_command(), progress=not quiet, rescan=rescan)
     for s in rec["summary"]:
         typer.echo(f"{s['attack']:>10} {s['method']:>10}: RE {s['RE_mean']:.2f}  "
                    f"AE {s['AE_mean']:.2f}  DAE {s['DAE_mean']:.2f}")
@@ -146,6 +151,7 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                  groups: str = typer.Option("fsrt,mtr,lambda3,benign",
                                             help="fsrt, mtr, lambda3, lambda1, l1, benign, "
                                                  "generator, mtr_norm"),
+                 rescan: bool = RescanOpt,
                  cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Ablations: without FSRT, without MTR, λ sweeps, benign-set size (Tables 7–9)."""
     from ..experiments.ablation import GROUPS, run_ablation
@@ -157,7 +163,7 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     if bad:
         raise DrmguardError(f"unknown ablation group(s) {', '.join(bad)} (choose {', '.join(GROUPS)})")
     rec = run_ablation(task, _list(attacks, "--attacks"), benign, backdoored, profile, chosen,
-                       cache, out, command=_command(), progress=not quiet)
+                       cache, out, command=_command(), progress=not quiet, rescan=rescan)
     for r in rec["rows"]:
         typer.echo(f"{r['variant']:>28} {r['attack']:>8}: acc {r['accuracy']:.3f}  "
                    f"AUC {_auc(r['roc_auc'])}")

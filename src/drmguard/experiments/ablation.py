@@ -57,7 +57,7 @@ GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "l1", "benign", "generator", "mtr
 def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int,
                  profile: str = "cpu", groups: list[str] | None = None,
                  cache_dir: str = ".drmguard-cache", out_dir: str = "results",
-                 command: str = "", progress: bool = True) -> dict:
+                 command: str = "", progress: bool = True, rescan: bool = False) -> dict:
     groups = groups or ["fsrt", "mtr", "lambda3", "benign"]
     rows = []
     for label, overrides, limit in variants(task, profile, groups):
@@ -66,7 +66,7 @@ def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int
                                  cache_dir, f"{out_dir}/ablation-runs", overrides=overrides,
                                  benign_limit=limit,
                                  name=f"ablation-{task}-{profile}-{slug}", command=command,
-                                 progress=progress)
+                                 progress=progress, rescan=rescan)
         for s in rec["summary"]:
             rows.append({"variant": label, "overrides": overrides, "benign_limit": limit, **s})
     record = {"provenance": provenance(command), "task": task, "profile": profile,

@@ -57,7 +57,8 @@ def saved_scan(zoo: Zoo, spec: ModelSpec, model, overrides: dict, seed: int = 0,
 
     _, config = detect_config(spec, "drmguard", overrides, None, seed)
     path = zoo.artifact_path(spec, "detect", "drmguard", config, TRIGGER_SUFFIX)
-    return ScanResult.load(path, model, device) if path.exists() else None
+    usable = path.exists() and zoo.has_run(spec, "detect", "drmguard", config)
+    return ScanResult.load(path, model, device) if usable else None
 
 
 def detect_config(spec: ModelSpec, defense: str, overrides: dict,
@@ -151,7 +152,7 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
                         n_backdoored: int | dict[str, int], profile: str = "cpu",
                         defenses: list[str] | None = None, cache_dir: str = ".drmguard-cache",
                         arch: str | None = None, overrides: dict | None = None,
-                        benign_limit: int | None = None) -> dict:
+                        benign_limit: int | None = None, rescan: bool = False) -> dict:
     """What :func:`run_identification` would do with this cache, without doing it: the models
     to train and the detections to run, each with the median wall time the cache recorded for
     the same kind of work (None when nothing alike is cached yet)."""
@@ -159,7 +160,7 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
     runs = [(spec, d, detect_config(spec, d, (overrides or {}) if d == "drmguard" else {},
                                     benign_limit)[1])
             for spec in specs for d in defenses or ["drmguard"]]
-    return Zoo(cache_dir, progress=False).plan(specs, "detect", runs)
+    return Zoo(cache_dir, progress=False, rescan=rescan).plan(specs, "detect", runs)
 
 
 def run_identification(task: str, attacks: list[str], n_benign: int,
@@ -169,9 +170,11 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                        arch: str | None = None, overrides: dict | None = None,
                        benign_limit: int | None = None, name: str | None = None,
                        command: str = "", progress: bool = True,
-                       attack_options: dict | None = None) -> dict:
+                       attack_options: dict | None = None, rescan: bool = False) -> dict:
+    """Identification table on a zoo; ``rescan`` recomputes cached runs that other code made
+    (see :class:`Zoo`)."""
     defenses = defenses or ["drmguard"]
-    zoo = Zoo(cache_dir, progress)
+    zoo = Zoo(cache_dir, progress, rescan)
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options)
     records = []
     t = get_task(task)
@@ -192,7 +195,8 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                                              att.get("real_target")),
                 "real_trigger_R": real.get("R"),
                 "real_trigger_collapse": real.get("collapse_ratio"),
-                "seconds": det.get("seconds"), "details": det.get("details", {})})
+                "seconds": det.get("seconds"), "code": det.get("code"),
+                "details": det.get("details", {})})
     summary = summarise(records, defenses, attacks)
     name = name or f"identification-{task}-{profile}" + (f"-{arch}" if arch else "")
     record = {"provenance": provenance(command), "task": task, "profile": profile, "arch": arch,

@@ -62,23 +62,25 @@ def mitigation_specs(task: str, profile: str, attacks: list[str],
 def plan_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
                     profile: str = "cpu",
                     mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
-                    arch: str | None = None) -> dict:
+                    arch: str | None = None, rescan: bool = False) -> dict:
     """What :func:`run_mitigation` would do with this cache, without doing it (see
     :meth:`Zoo.plan`). A DRMGuard mitigation whose identification scan the zoo keeps is
     faster than the recorded times of one that scanned again."""
     specs = mitigation_specs(task, profile, attacks, n_backdoored, arch)
     runs = [(spec, m, mitigate_config(spec, m, {})[1]) for spec in specs
             for m in mitigations or ["drmguard"]]
-    return Zoo(cache_dir, progress=False).plan(specs, "mitigate", runs)
+    return Zoo(cache_dir, progress=False, rescan=rescan).plan(specs, "mitigate", runs)
 
 
 def run_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
                    profile: str = "cpu",
                    mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
                    out_dir: str = "results", arch: str | None = None, name: str | None = None,
-                   command: str = "", progress: bool = True) -> dict:
+                   command: str = "", progress: bool = True, rescan: bool = False) -> dict:
+    """Mitigation table on a zoo; ``rescan`` recomputes cached runs that other code made
+    (see :class:`Zoo`)."""
     mitigations = mitigations or ["drmguard"]
-    zoo = Zoo(cache_dir, progress)
+    zoo = Zoo(cache_dir, progress, rescan)
     records = []
     specs = mitigation_specs(task, profile, attacks, n_backdoored, arch)
     for spec in progress_bar(specs, desc="models", enabled=progress):
@@ -90,7 +92,7 @@ def run_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, 
             r = mitigate_record(zoo, spec, model, attack, m, {})
             records.append({"model": spec.label(), "attack": spec.attack, "method": m,
                             "RE": r["RE"], "AE": r["AE"], "DAE": r["DAE"],
-                            "seconds": r["seconds"]})
+                            "seconds": r["seconds"], "code": r.get("code")})
     summary = []
     for a in attacks:
         for m in ["undefended", *mitigations]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..utils import git_commit
+from ..utils import code_digest, git_commit
 
 
 def provenance(command: str) -> dict:
@@ -61,5 +61,18 @@ def write_results(out_dir: str | Path, name: str, record: dict, markdown: str) -
               f"drmguard {prov.get('drmguard_version')} · torch {prov.get('torch')} · "
               f"{prov.get('device')} ({prov.get('threads')} thread"
               f"{'' if prov.get('threads') == 1 else 's'}) · {prov.get('date')}\n")
-    mp.write_text(markdown.rstrip() + footer)
+    mp.write_text(markdown.rstrip() + footer + runs_line(record.get("models", [])))
     return jp, mp
+
+
+def runs_line(models: list) -> str:
+    """Which code made the table's cached runs (rows with a ``code`` field): a zoo cache
+    reuses runs across code changes, and this line makes that visible."""
+    codes = [m["code"] for m in models if isinstance(m, dict) and "code" in m]
+    if not codes:
+        return ""
+    now = code_digest()
+    other = sum(c != now for c in codes)
+    return (f"\nRuns: {len(codes) - other} of {len(codes)} made by this code (`{now}`)"
+            + (f"; {other} by earlier code, reused from the cache (`--rescan` recomputes them)"
+               if other else "") + "\n")

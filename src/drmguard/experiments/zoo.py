@@ -28,6 +28,7 @@ from ..models.io import load_model, save_model
 from ..profiles import get_profile
 from ..tasks import get_task
 from ..training import train_regressor
+from ..utils import code_digest
 from .data import synthetic_splits
 
 CACHE_VERSION = 1
@@ -97,9 +98,14 @@ def draw_target(train_targets: np.ndarray, seed: int, count: int = 1) -> list[li
 class Zoo:
     """Trains, caches and loads the models of experiments, and caches defence runs."""
 
-    def __init__(self, cache_dir: str | os.PathLike = DEFAULT_CACHE, progress: bool = True):
+    def __init__(self, cache_dir: str | os.PathLike = DEFAULT_CACHE, progress: bool = True,
+                 rescan: bool = False):
+        """``rescan``: a cached run counts only if the current code made it (its ``code``
+        stamp equals :func:`~drmguard.utils.code_digest`); others are computed again and
+        replaced. Trained models are always reused."""
         self.root = Path(cache_dir)
         self.progress = progress
+        self.rescan = rescan
 
     # --- data ------------------------------------------------------------------------------
     def splits(self, spec: ModelSpec) -> Splits:
@@ -175,7 +181,14 @@ class Zoo:
         return self.run_path(spec, kind, name, config).with_suffix(suffix)
 
     def has_run(self, spec: ModelSpec, kind: str, name: str, config: dict) -> bool:
-        return self.run_path(spec, kind, name, config).exists()
+        """Whether the cache holds this run (under ``rescan``: made by the current code)."""
+        return self._usable(self.run_path(spec, kind, name, config)) is not None
+
+    def _usable(self, path: Path) -> dict | None:
+        if not path.exists():
+            return None
+        rec = json.loads(path.read_text())
+        return rec if not self.rescan or rec.get("code") == code_digest() else None
 
     def cached_specs(self) -> dict[str, dict]:
         """{model key: its spec dict} of every model in the cache (read once per call)."""
@@ -247,11 +260,13 @@ class Zoo:
                 "unestimated": len(train) + len(todo) - len(timed)}
 
     def cached_run(self, spec: ModelSpec, kind: str, name: str, config: dict, compute):
-        """JSON result of ``compute()`` for (model, kind, name, config), computed once."""
+        """JSON result of ``compute()`` for (model, kind, name, config), computed once and
+        stamped with the code that computed it (``code``)."""
         path = self.run_path(spec, kind, name, config)
-        if path.exists():
-            return json.loads(path.read_text())
-        result = compute()
+        cached = self._usable(path)
+        if cached is not None:
+            return cached
+        result = {**compute(), "code": code_digest()}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2, default=_jsonable))
