@@ -182,7 +182,8 @@ class Zoo:
 
     def has_run(self, spec: ModelSpec, kind: str, name: str, config: dict) -> bool:
         """Whether the cache holds this run (under ``rescan``: made by the current code)."""
-        return self._usable(self.run_path(spec, kind, name, config)) is not None
+        path = self.run_path(spec, kind, name, config)
+        return self._usable(path) is not None if self.rescan else path.exists()
 
     def _usable(self, path: Path) -> dict | None:
         if not path.exists():

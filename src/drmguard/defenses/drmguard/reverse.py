@@ -121,9 +121,9 @@ class BenignImages:
         return len(self.u8)
 
     def get(self, idx) -> torch.Tensor:
-        x = float_images(self.u8[idx].to(self.device))
-        return x if self.memory_format == torch.contiguous_format else \
-            x.contiguous(memory_format=self.memory_format)
+        # a no-op for NCHW (float_images is already contiguous)
+        return float_images(self.u8[idx].to(self.device)).contiguous(
+            memory_format=self.memory_format)
 
     def chunks(self, batch_size: int):
         for i in range(0, len(self), batch_size):
