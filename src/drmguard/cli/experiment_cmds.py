@@ -149,7 +149,7 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                  attacks: str = typer.Option("badnets,wanet", help="Comma-separated."),
                  benign: int = typer.Option(5), backdoored: int = typer.Option(5),
                  groups: str = typer.Option("fsrt,mtr,lambda3,benign",
-                                            help="fsrt, mtr, lambda3, lambda1, l1, benign, "
+                                            help="fsrt, mtr, lambda3, lambda1, units, l1, benign, "
                                                  "generator, mtr_norm"),
                  rescan: bool = RescanOpt,
                  cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):

@@ -65,7 +65,7 @@ def print_scan(results: list[tuple[str, object]], console=None) -> None:
 
 
 TauOpt = typer.Option(None, "--tau", help="Identification threshold on R (profile default).")
-Lambda1Opt = typer.Option(None, "--lambda1", help="Weight of the output-variance term.")
+Lambda1Opt = typer.Option(None, "--lambda1", help="Weight of the output-variance term (unit-free: each output's variance is divided by its benign variance).")
 Lambda3Opt = typer.Option(None, "--lambda3", help="Weight of the feature-space term (FSRT).")
 
 

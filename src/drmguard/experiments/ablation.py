@@ -12,7 +12,7 @@ from .results import md_table, provenance, write_results
 
 def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict, int | None]]:
     """(name, DRMGuard overrides, benign-set limit) for the requested ablation groups."""
-    from ..defenses.drmguard.config import default_config
+    from ..defenses.drmguard.config import PAPER_LAMBDA1_RAW, default_config
 
     base = default_config(profile, task)
     out: list[tuple[str, dict, int | None]] = [("default", {}, None)]
@@ -26,6 +26,10 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
     if "lambda1" in which:
         out += [(f"λ1 = {f * base.lambda1:g}", {"lambda1": f * base.lambda1}, None)
                 for f in (0.5, 2.0)]
+    if "units" in which:  # the paper's raw output term, in the task's own units
+        raw = PAPER_LAMBDA1_RAW.get(task, PAPER_LAMBDA1_RAW["generic"])
+        out.append((f"raw output term (λ1 = {raw:g}, units-dependent)",
+                    {"scale_free": False, "lambda1": raw}, None))
     if "l1" in which:
         out += [(f"L1 weight = {f * base.l1_weight:g}", {"l1_weight": f * base.l1_weight}, None)
                 for f in (0.1, 0.3)]
@@ -51,7 +55,7 @@ def _slug(label: str) -> str:
     return "-".join(words)
 
 
-GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "l1", "benign", "generator", "mtr_norm")
+GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "units", "l1", "benign", "generator", "mtr_norm")
 
 
 def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int,

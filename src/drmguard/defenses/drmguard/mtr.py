@@ -7,8 +7,9 @@ model looks: the search must then go through the regions the model normally igno
 
 Our formulation [ours; the paper states it only in words]:
 
-1. A(x)_ij = Σ_c |∂(Σ_k F_k(x)) / ∂x_c,ij| on the *benign* image (the task attention; on x̃ it
-   would hide the real trigger once G finds it).
+1. A(x)_ij = Σ_c |∂(Σ_k F_k(x) / s_k) / ∂x_c,ij| on the *benign* image (the task attention; on x̃
+   it would hide the real trigger once G finds it). s_k is output k's benign standard deviation
+   when the scan is scale-free (so no output dominates the map because of its units), else 1.
 2. Rescaled to [0, 1): ``max`` divides by max A · (1 + δ) (the paper's words); ``percentile``
    divides by the image's q-th percentile and clips at ``clip`` < 1 (every pixel at or above the
    percentile gets weight ``clip``; pitfall 5 of docs/method.md).
@@ -26,14 +27,18 @@ import torch
 from ...errors import DrmguardError
 
 
-def input_attention(model, x: torch.Tensor) -> torch.Tensor:
-    """Raw attention B×H×W: Σ_c |∂(Σ_k F_k(x))/∂x_c| for a batch of benign images.
+def input_attention(model, x: torch.Tensor, output_scale: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Raw attention B×H×W: Σ_c |∂(Σ_k F_k(x) / s_k)/∂x_c| for a batch of benign images, with
+    s = ``output_scale`` (K; None: 1).
 
     Uses ``torch.autograd.grad`` so the model's parameter gradients are left untouched.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         y = model(x)
+        if output_scale is not None:
+            y = y / output_scale.to(y.device, y.dtype)
         (grad,) = torch.autograd.grad(y.sum(), x)
     return grad.abs().sum(1)
 
@@ -55,11 +60,12 @@ def normalise_attention(a: torch.Tensor, norm: str = "percentile", delta: float 
     return out.view_as(a)
 
 
-def attention_maps(model, images: torch.Tensor, batch_size: int, cfg) -> torch.Tensor:
+def attention_maps(model, images: torch.Tensor, batch_size: int, cfg,
+                   output_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised attention Â (N×H×W, values in [0,1)) for every benign image."""
     out = []
     for i in range(0, len(images), batch_size):
-        a = input_attention(model, images[i:i + batch_size])
+        a = input_attention(model, images[i:i + batch_size], output_scale)
         out.append(normalise_attention(a, cfg.mtr_norm, cfg.mtr_delta, cfg.mtr_percentile,
                                        cfg.mtr_clip))
     return torch.cat(out)

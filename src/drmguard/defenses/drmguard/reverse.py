@@ -134,15 +134,17 @@ class ReversedTrigger:
     """The reversed trigger function x -> x̃ = M ⊙ x + (1 − M) ⊙ G(x) (no gradients).
 
     With ``mtr_map='per_image'`` the weight of each new image is its own attention under
-    ``attention_model`` (the scanned model, held by reference).
+    ``attention_model`` (the scanned model, held by reference), its outputs divided by
+    ``output_scale`` (the benign outputs' standard deviations of a scale-free scan).
     """
 
     def __init__(self, generator: TriggerGenerator, weight: torch.Tensor | None, cfg,
-                 attention_model=None):
+                 attention_model=None, output_scale: torch.Tensor | None = None):
         self.generator = generator.eval()
         self.weight = weight
         self.cfg = cfg
         self.attention_model = attention_model
+        self.output_scale = output_scale
 
     @property
     def device(self) -> torch.device:
@@ -154,7 +156,8 @@ class ReversedTrigger:
         if self.cfg.mtr_map == "per_image":
             dev = next(self.attention_model.parameters()).device
             with frozen(self.attention_model):
-                a = mtr_mod.input_attention(self.attention_model, x.to(dev)).to(x.device)
+                a = mtr_mod.input_attention(self.attention_model, x.to(dev),
+                                            self.output_scale).to(x.device)
             return mtr_mod.normalise_attention(a, self.cfg.mtr_norm, self.cfg.mtr_delta,
                                                self.cfg.mtr_percentile, self.cfg.mtr_clip)[:, None]
         return self.weight
@@ -177,6 +180,8 @@ class ReversedTrigger:
                for k, v in self.generator.state_dict().items()}
         if self.weight is not None:
             out["mtr_weight"] = self.weight.detach().cpu().contiguous()
+        if self.output_scale is not None:
+            out["output_scale"] = self.output_scale.detach().cpu().contiguous()
         return out
 
     @classmethod
@@ -186,7 +191,8 @@ class ReversedTrigger:
         gen = build_generator(cfg, channels, size)
         gen.load_state_dict({k.removeprefix("generator."): v for k, v in tensors.items()
                              if k.startswith("generator.")})
-        return cls(gen, tensors.get("mtr_weight"), cfg, attention_model)
+        return cls(gen, tensors.get("mtr_weight"), cfg, attention_model,
+                   tensors.get("output_scale"))
 
 
 @dataclass
@@ -203,20 +209,24 @@ class Search:
 
 
 def precompute_benign(model, images: BenignImages, cfg) -> dict:
-    """Benign outputs, feature angles and MTR attention for every image of D_b (model frozen)."""
+    """Benign outputs, feature angles and MTR attention for every image of D_b (model frozen),
+    and the outputs' scale: their standard deviations over D_b when ``cfg.scale_free`` (the unit
+    of each output, by which the MTR attention divides), else None."""
     weight = model.head.weight.detach()
-    ys, thetas, atts = [], [], []
-    for sl in images.chunks(max(cfg.batch_size, 64)):
-        x = images.get(sl)
+    ys, thetas = [], []
+    chunks = list(images.chunks(max(cfg.batch_size, 64)))
+    for sl in chunks:
         with torch.no_grad():
-            h, y = model.forward_with_features(x)
+            h, y = model.forward_with_features(images.get(sl))
         ys.append(y.float())
         thetas.append(feature_angles(h.float(), weight.float()))
-        if cfg.mtr:
-            a = mtr_mod.input_attention(model, x)
-            atts.append(mtr_mod.normalise_attention(a, cfg.mtr_norm, cfg.mtr_delta,
-                                                    cfg.mtr_percentile, cfg.mtr_clip).cpu())
-    return {"y": torch.cat(ys), "theta": torch.cat(thetas),
+    y = torch.cat(ys)
+    scale = y.std(0, unbiased=False).clamp_min(_EPS) if cfg.scale_free else None
+    atts = [mtr_mod.normalise_attention(mtr_mod.input_attention(model, images.get(sl), scale),
+                                        cfg.mtr_norm, cfg.mtr_delta, cfg.mtr_percentile,
+                                        cfg.mtr_clip).cpu()
+            for sl in chunks] if cfg.mtr else []
+    return {"y": y, "theta": torch.cat(thetas), "output_scale": scale,
             "attention": torch.cat(atts) if atts else None}
 
 
@@ -280,8 +290,9 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
     recalibrate_batchnorm(gen, (images.get(sl) for sl in images.chunks(bs)))
     final_weight = momentum.weight().detach() if cfg.mtr else None
     gen.to(memory_format=torch.contiguous_format)  # the trigger is applied anywhere later
-    trigger = ReversedTrigger(gen, final_weight, cfg,
-                              attention_model=model if cfg.mtr_map == "per_image" else None)
+    per_image = cfg.mtr_map == "per_image"
+    trigger = ReversedTrigger(gen, final_weight, cfg, attention_model=model if per_image else None,
+                              output_scale=bench["output_scale"] if per_image else None)
     return Search(trigger, seed, trajectory, history, pre_err, r_floor, search_seconds)
 
 
