@@ -401,3 +401,51 @@ def test_every_task_default_is_scale_free():
     for task in ("gaze", "headpose", "generic"):
         for profile in ("tiny", "cpu", "paper"):
             assert default_config(profile, task).scale_free
+
+
+# --- checkpoints: the scan reports a state its search reached ---------------------------------
+def test_checkpoint_choice_rules():
+    from drmguard.defenses.drmguard.reverse import Checkpoints
+
+    rows = [{"R": 0.0, "collapse_ratio": 1.0, "objective": 800.0},
+            {"R": 0.05, "collapse_ratio": 0.1, "objective": 900.0},
+            {"R": 0.02, "collapse_ratio": 0.2, "objective": 850.0},
+            {"R": 0.01, "collapse_ratio": 0.6, "objective": 700.0}]
+    checks = Checkpoints.__new__(Checkpoints)
+    checks.rows = rows
+    checks.cfg = tiny_cfg(select="lowest_objective")
+    assert checks.chosen() == 3
+    checks.cfg = tiny_cfg(select="cheapest_collapse")
+    assert checks.chosen() == 2  # the cheapest of the collapsed states, not the lowest objective
+    checks.rows = [rows[0], rows[3]]
+    assert checks.chosen() == 1  # nothing collapsed: the lowest objective
+
+
+@pytest.mark.parametrize("select", ["lowest_objective", "cheapest_collapse"])
+def test_scan_reports_a_checkpoint_it_reached(select):
+    model, data = tiny_model(0), tiny_data(30)
+    cfg = tiny_cfg(steps=12, checkpoint_every=4, select=select)
+    res = scan(model, data, get_task("gaze"), cfg, seed=0, progress=False)
+    steps = [c["step"] for c in res.checkpoints]
+    assert steps == [0, 4, 8, 12] and res.chosen_step in steps
+    assert res.restarts[0]["chosen_step"] == res.chosen_step
+    # the saved trigger is the chosen state's: applied again it gives the reported R
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
+    r = identify.r_score((res.reverse(x) - x).abs().flatten(1).sum(1), x.flatten(1).sum(1))
+    assert r == pytest.approx(res.r_score, rel=1e-5, abs=1e-9)
+    if res.chosen_step == 0:  # the identity: nothing changed (up to float rounding)
+        assert res.r_score < 1e-6 and res.collapse_ratio == pytest.approx(1.0, abs=1e-4)
+    rec = ScanResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert rec.chosen_step == res.chosen_step and rec.checkpoints == res.checkpoints
+
+
+def test_final_selection_keeps_no_checkpoints_and_bad_selection_options():
+    res = scan(tiny_model(0), tiny_data(12), get_task("gaze"), tiny_cfg(), seed=0, progress=False)
+    assert res.checkpoints == [] and res.chosen_step is None
+    with pytest.raises(DrmguardError, match="select"):
+        tiny_cfg(select="best")
+    with pytest.raises(DrmguardError, match="holdout"):
+        tiny_cfg(holdout=1.0)
+    with pytest.raises(DrmguardError, match="at least 4"):
+        scan(tiny_model(0), tiny_data(3), get_task("gaze"), tiny_cfg(select="lowest_objective"),
+             progress=False)

@@ -158,3 +158,46 @@ def test_runs_record_their_code_and_rescan_recomputes_others(tmp_path, monkeypat
         [m["score"] for m in first["models"]])  # same code in fact: same numbers
     assert plan_identification(*args, rescan=True)["detect"] == []
     assert "Runs: 2 of 2 made by this code" in (out / "identification-gaze-tiny.md").read_text()
+
+
+def test_trigger_response_tiny(tmp_path):
+    """The diagnostic on development seeds: routes measured for backdoored models and benign
+    controls, the identity (a = 0) leaves everything untouched, full strength is the real
+    trigger, and the cheapest collapse is read off the curve."""
+    from drmguard.experiments.trigger_response import (FAMILIES, STRENGTHS, cheapest, collapse_at,
+                                                       run_trigger_response)
+
+    cache, out = tmp_path / "cache", tmp_path / "results"
+    rec = run_trigger_response("gaze", ["badnets", "wanet"], 1, 1, "tiny", first_seed=100,
+                               cache_dir=str(cache), out_dir=str(out), progress=False)
+    assert [(m["model"], m["trigger_of"]) for m in rec["models"]] == [
+        ("gaze/badnets/seed100", "gaze/badnets/seed100"),
+        ("gaze/benign/seed100", "gaze/badnets/seed100"),
+        ("gaze/wanet/seed100", "gaze/wanet/seed100"),
+        ("gaze/benign/seed100", "gaze/wanet/seed100")]
+    for m in rec["models"]:
+        assert len(m["rows"]) == len(FAMILIES) * len(STRENGTHS)
+        for row in m["rows"]:
+            if row["strength"] == 0:
+                assert row["R"] < 1e-6 and abs(row["collapse_ratio"] - 1) < 1e-4  # (warp: float)
+                assert abs(row["objective"] - rec["identity_objective"]) < 0.01
+        rs = [r["R"] for r in m["rows"] if r["family"] == "fade"]
+        assert rs == sorted(rs) and rs[-1] > 0  # a fade costs more as it strengthens
+    bd = rec["models"][0]
+    # at full strength the strength route *is* the real trigger (a patch: the fade is too)
+    full = {r["family"]: r for r in bd["rows"] if r["strength"] == 1.0}
+    assert full["strength"]["R"] == full["fade"]["R"] > full["mtr"]["R"] > 0
+    assert (out / "trigger-response-gaze-tiny.md").exists()
+    assert (out / "trigger-response-gaze-tiny.png").stat().st_size > 0
+    assert {(s["attack"], s["family"], s["group"]) for s in rec["summary"]} == {
+        (a, f, g) for a in ("badnets", "wanet") for f in FAMILIES for g in ("backdoored", "benign")}
+    # the curve readers on a hand-made curve
+    rows = [{"family": "fade", "R": r, "collapse_ratio": c} for r, c in
+            ((0.0, 1.0), (0.01, 0.5), (0.02, 0.1), (0.04, 0.05))]
+    assert cheapest(rows, "fade")["R"] == 0.02 and cheapest(rows, "fade", 0.01) is None
+    assert abs(collapse_at(rows, "fade", 0.015) - 0.3) < 1e-9
+    assert collapse_at(rows, "fade", 0.05) is None
+    # a rerun reads the cache
+    again = run_trigger_response("gaze", ["badnets", "wanet"], 1, 1, "tiny", first_seed=100,
+                                 cache_dir=str(cache), out_dir=str(out), progress=False)
+    assert again["models"] == rec["models"]

@@ -74,6 +74,9 @@ class Adaptive(Attack):
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.apply(x)
 
+    def weakened(self, strength: float, index: int = 0):
+        return self.base.weakened(strength, index)
+
     def batch_poison(self, x, y, g):
         return self.base.batch_poison(x, y, g)
 

@@ -191,6 +191,15 @@ class Attack:
             raise DrmguardError(f"attack '{self.name}' has one target, not {index + 1}")
         return self.apply(x)
 
+    def weakened(self, strength: float, index: int = 0):
+        """The trigger of target ``index`` at a fraction ``strength`` (0 = none, 1 = the real
+        one) of its strength, as a function of images: by default the cross-fade
+        x + a·(T(x) − x) — exactly a weaker blend for Blend and SIG, a fainter patch for
+        BadNets; warp attacks scale the warp itself instead (a cross-fade of a warp is a blur,
+        not a weaker warp)."""
+        a = float(strength)
+        return lambda x: x + a * (self.apply_for(x, index) - x)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(x)
 

@@ -122,6 +122,20 @@ class WaNet(Attack):
         self.check_input(x)
         return warp(x, self.grid)
 
+    @property
+    def fields(self) -> list[torch.Tensor]:
+        return [self.field]
+
+    def weakened(self, strength: float, index: int = 0):
+        """The warp of target ``index`` with its displacement scaled: s → strength·s."""
+        if not 0 <= index < len(self.fields):
+            raise DrmguardError(f"attack '{self.name}' has {len(self.fields)} target(s), not "
+                                f"{index + 1}")
+        grid = warp_grid(self.fields[index], *self.image_size,
+                         float(strength) * float(self.options["s"]),
+                         float(self.options["grid_rescale"]))
+        return lambda x: warp(x, grid)
+
     # --- per-batch poisoning ------------------------------------------------------------
     def _cross(self, x: torch.Tensor, grids: list[torch.Tensor], g: torch.Generator
                ) -> torch.Tensor:
@@ -189,6 +203,10 @@ class MultiTargetWaNet(WaNet):
     @property
     def grids(self) -> list[torch.Tensor]:
         return [self.grid, self.grid2]
+
+    @property
+    def fields(self) -> list[torch.Tensor]:
+        return [self.field, self.field2]
 
     def apply_for(self, x: torch.Tensor, index: int = 0) -> torch.Tensor:
         if index not in (0, 1):

@@ -144,12 +144,40 @@ def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    f"AE {s['AE_mean']:.2f}  DAE {s['DAE_mean']:.2f}")
 
 
+@exp_app.command("trigger-response")
+def trigger_response_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
+                         attacks: str = typer.Option("badnets,wanet,blend",
+                                                     help="Comma-separated attacks."),
+                         benign: int = typer.Option(3, help="Benign control models."),
+                         backdoored: int = typer.Option(3, help="Backdoored models per attack."),
+                         first_seed: int = typer.Option(100, help="Seed of the first model of "
+                                                        "each kind (development models: seeds "
+                                                        "the tables never use)."),
+                         name: str = typer.Option(None, help="Result file name."),
+                         rescan: bool = RescanOpt, cache: str = CacheOpt, out: str = OutOpt,
+                         quiet: bool = QuietOpt):
+    """What the cheapest real route to a collapse costs: each backdoored model's own trigger
+    weakened (R, collapse, objective), benign models as the control; no search."""
+    from ..experiments.trigger_response import run_trigger_response
+
+    _check_task(task)
+    _check_counts(benign=benign, backdoored=backdoored)
+    if first_seed < 0:
+        raise DrmguardError("--first-seed must be non-negative")
+    rec = run_trigger_response(task, _list(attacks, "--attacks"), benign, backdoored, profile,
+                               first_seed, cache, out, name, _command(), not quiet, rescan)
+    for s in rec["summary"]:
+        r = "never" if s["cheapest_R"] is None else f"R {s['cheapest_R']:.4f}"
+        typer.echo(f"{s['attack']:>12} {s['family']:>8} {s['group']:>10}: collapse < 0.25 in "
+                   f"{s['n_collapsed']}/{s['n']}, cheapest {r}")
+
+
 @exp_app.command("ablation")
 def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                  attacks: str = typer.Option("badnets,wanet", help="Comma-separated."),
                  benign: int = typer.Option(5), backdoored: int = typer.Option(5),
                  groups: str = typer.Option("fsrt,mtr,lambda3,benign",
-                                            help="fsrt, mtr, lambda3, lambda1, units, l1, benign, "
+                                            help="fsrt, mtr, lambda3, lambda1, units, select, l1, benign, "
                                                  "generator, mtr_norm"),
                  rescan: bool = RescanOpt,
                  cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):

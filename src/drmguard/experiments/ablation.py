@@ -30,6 +30,9 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
         raw = PAPER_LAMBDA1_RAW.get(task, PAPER_LAMBDA1_RAW["generic"])
         out.append((f"raw output term (λ1 = {raw:g}, units-dependent)",
                     {"scale_free": False, "lambda1": raw}, None))
+    if "select" in which:  # which state of the search the scan reports
+        out += [(f"report the {sel.replace('_', ' ')} state", {"select": sel}, None)
+                for sel in ("lowest_objective", "cheapest_collapse") if sel != base.select]
     if "l1" in which:
         out += [(f"L1 weight = {f * base.l1_weight:g}", {"l1_weight": f * base.l1_weight}, None)
                 for f in (0.1, 0.3)]
@@ -55,7 +58,7 @@ def _slug(label: str) -> str:
     return "-".join(words)
 
 
-GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "units", "l1", "benign", "generator", "mtr_norm")
+GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "units", "select", "l1", "benign", "generator", "mtr_norm")
 
 
 def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int,

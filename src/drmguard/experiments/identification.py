@@ -91,14 +91,16 @@ def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dic
 
 def model_specs(task: str, profile: str, attacks: list[str], n_benign: int,
                 n_backdoored: int | dict[str, int], arch: str | None = None,
-                attack_options: dict | None = None) -> list[ModelSpec]:
-    """Benign seeds 0..n_benign-1, then per attack seeds 0..n-1 (``n_backdoored`` is one count
-    for every attack or a per-attack dict)."""
+                attack_options: dict | None = None, first_seed: int = 0) -> list[ModelSpec]:
+    """Benign seeds f..f+n_benign-1, then per attack seeds f..f+n-1 (f = ``first_seed``: 0 for
+    the tables, e.g. 100 for development models the tables never use; ``n_backdoored`` is one
+    count for every attack or a per-attack dict)."""
     opts = tuple(sorted((attack_options or {}).items()))
-    specs = [ModelSpec(task, profile, None, s, arch) for s in range(n_benign)]
+    f = int(first_seed)
+    specs = [ModelSpec(task, profile, None, s, arch) for s in range(f, f + n_benign)]
     for a in attacks:
         n = n_backdoored[a] if isinstance(n_backdoored, dict) else n_backdoored
-        specs += [ModelSpec(task, profile, a, s, arch, opts) for s in range(n)]
+        specs += [ModelSpec(task, profile, a, s, arch, opts) for s in range(f, f + n)]
     return specs
 
 

@@ -19,6 +19,7 @@ NORMS = ("batch", "group", "none")
 L1_ON = ("generator", "blend")
 L1_REDUCTIONS = ("mean", "sum")
 RAV_AGGREGATIONS = ("mean_of_ratios", "ratio_of_sums")
+SELECTIONS = ("final", "lowest_objective", "cheapest_collapse")
 MTR_NORMS = ("max", "percentile")
 MTR_MAPS = ("running", "per_image")
 
@@ -60,6 +61,16 @@ class DRMGuardConfig:
     l1_warmup_start: float = 0.01  # ramp start, relative to l1_weight
     rav_aggregation: str = "mean_of_ratios"
     track_every: int = 10  # trajectory of the target estimate, every N steps
+    # Which state of the search the scan reports [ours]. ``final``: the last one (the paper's).
+    # Otherwise the generator is evaluated every ``checkpoint_every`` steps (and before the
+    # first) on a held-out fraction ``holdout`` of D_b, which the search does not train on, and
+    # the scan reports the checkpoint with the ``lowest_objective`` (Eq. 5 at the full L1
+    # weight; the identity when nothing beats it), or the ``cheapest_collapse``: the smallest R
+    # among the checkpoints whose outputs collapsed (below ``collapse_threshold``), else the
+    # lowest objective. The reported trigger is always that checkpoint's.
+    select: str = "final"
+    checkpoint_every: int = 20
+    holdout: float = 0.2
 
     # --- momentum reverse trigger (MTR) ------------------------------------------------------
     mtr: bool = True
@@ -100,14 +111,18 @@ class DRMGuardConfig:
         choice("l1_on", L1_ON)
         choice("l1_reduction", L1_REDUCTIONS)
         choice("rav_aggregation", RAV_AGGREGATIONS)
+        choice("select", SELECTIONS)
         choice("mtr_norm", MTR_NORMS)
         choice("mtr_map", MTR_MAPS)
         positive = ("gen_width", "steps", "batch_size", "lr", "restarts", "track_every",
+                    "checkpoint_every",
                     "ft_batch_size", "tau", "collapse_threshold")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise DrmguardError(f"DRMGuard option {name} must be positive, got "
                                     f"{getattr(self, name)}")
+        if not 0 < self.holdout < 1:
+            raise DrmguardError(f"holdout must be in (0, 1), got {self.holdout}")
         if not 0 <= self.l1_warmup <= 1:
             raise DrmguardError(f"l1_warmup must be in [0, 1], got {self.l1_warmup}")
         if not 0 < self.l1_warmup_start <= 1:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ...data.base import float_images
+from ...errors import DrmguardError
 from ...utils import progress_bar, seed_everything
 from . import mtr as mtr_mod
 from .generator import TriggerGenerator, build_generator, pretrain_identity, recalibrate_batchnorm
@@ -206,6 +207,68 @@ class Search:
     pretrain_error: float | None = None
     r_floor: float = 0.0
     seconds: dict = field(default_factory=dict)
+    checkpoints: list = field(default_factory=list)  # held-out evaluations (select != final)
+    chosen_step: int | None = None  # the step whose generator is the trigger
+
+
+class Checkpoints:
+    """The search's states evaluated on a held-out part of D_b, and the one the scan reports
+    (``cfg.select``; see :class:`~.config.DRMGuardConfig`)."""
+
+    def __init__(self, model, images: BenignImages, bench: dict, idx: torch.Tensor, cfg):
+        self.model, self.cfg, self.idx = model, cfg, idx
+        self.x = images.get(idx)
+        self.y_ben, self.theta = bench["y"][idx], bench["theta"][idx]
+        self.weight = model.head.weight.detach().float()
+        # R's denominator over all of D_b, as in the final evaluation
+        self.norm_max = max(float(images.get(sl).flatten(1).sum(1).max())
+                            for sl in images.chunks(256))
+        self.rows: list[dict] = []
+        self.states: list[tuple[dict, torch.Tensor | None]] = []
+
+    @torch.no_grad()
+    def record(self, step: int, gen: TriggerGenerator, mtr_weight: torch.Tensor | None) -> None:
+        """Evaluate ``gen`` as the search runs it (training mode: batch statistics; the running
+        statistics it updates are recomputed for the chosen state) and keep a copy of it."""
+        cfg, x = self.cfg, self.x
+        gx = gen(x)
+        xt = gx if mtr_weight is None else mtr_mod.blend(mtr_weight, x, gx)
+        h, y = self.model.forward_with_features(xt)
+        _, terms = objective(y.float(), h.float(), self.theta, x, gx, xt, self.weight, cfg,
+                             self.y_ben.var(0, unbiased=False))
+        v, v_ref = y.float().var(0, unbiased=False), self.y_ben.var(0, unbiased=False)
+        self.rows.append({
+            "step": int(step),
+            "R": float((xt - x).abs().flatten(1).sum(1).mean()) / max(self.norm_max, _EPS),
+            "collapse_ratio": float((v / v_ref.clamp_min(_EPS)).mean()),
+            "objective": terms["loss"], "output": terms["output"], "l1": terms["l1"],
+            "rf": terms["rf"], "estimate": y.float().mean(0).cpu().tolist()})
+        self.states.append(({k: t.detach().clone() for k, t in gen.state_dict().items()},
+                            None if mtr_weight is None else mtr_weight.detach().clone()))
+
+    def chosen(self) -> int:
+        """Index of the checkpoint the scan reports."""
+        rows = self.rows
+        lowest = min(range(len(rows)), key=lambda i: rows[i]["objective"])
+        if self.cfg.select == "cheapest_collapse":
+            collapsed = [i for i, r in enumerate(rows)
+                         if r["collapse_ratio"] < self.cfg.collapse_threshold]
+            if collapsed:
+                return min(collapsed, key=lambda i: rows[i]["R"])
+        return lowest
+
+
+def split_holdout(n: int, cfg, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(indices the search trains on, held-out indices or None): all of D_b when the scan
+    reports the final state, else a seeded ``cfg.holdout`` fraction held out (at least 2
+    images each side)."""
+    if cfg.select == "final":
+        return torch.arange(n), None
+    if n < 4:
+        raise DrmguardError(f"selecting a checkpoint needs at least 4 benign images, got {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    n_hold = min(n - 2, max(2, round(cfg.holdout * n)))
+    return perm[n_hold:].sort().values, perm[:n_hold].sort().values
 
 
 def precompute_benign(model, images: BenignImages, cfg) -> dict:
@@ -249,7 +312,8 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
     """Optimise G for ``cfg.steps`` Adam steps on D_b; returns the trigger and its trajectory."""
     device = images.device
     g = seed_everything(seed)
-    n = len(images)
+    train_idx, hold_idx = split_holdout(len(images), cfg, seed)
+    n = len(train_idx)
     c, hgt, wid = images.u8.shape[3], images.u8.shape[1], images.u8.shape[2]
     gen = build_generator(cfg, c, (hgt, wid)).to(device, memory_format=images.memory_format)
     search_seconds = {}
@@ -257,7 +321,8 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
     if cfg.generator == "ia" and cfg.pretrain_steps > 0:
         t0 = time.perf_counter()
         pre_err = pretrain_identity(
-            gen, lambda: images.get(torch.randint(0, n, (min(cfg.batch_size, n),), generator=g)),
+            gen, lambda: images.get(train_idx[torch.randint(0, n, (min(cfg.batch_size, n),),
+                                                            generator=g)]),
             cfg.pretrain_steps, cfg.pretrain_lr, progress)
         search_seconds["pretrain"] = time.perf_counter() - t0
     r_floor = untouched_r(gen, images, cfg.batch_size)
@@ -266,13 +331,16 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
     opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
     bs = min(cfg.batch_size, n)
     trajectory, history = [], []
-    order, pos = torch.randperm(n, generator=g), 0
+    order, pos = train_idx[torch.randperm(n, generator=g)], 0
     gen.train()
+    checks = None if hold_idx is None else Checkpoints(model, images, bench, hold_idx, cfg)
+    if checks is not None:
+        checks.record(0, gen, None)  # the identity (no MTR map yet: it is one)
     t0 = time.perf_counter()
     bar = progress_bar(range(cfg.steps), desc=desc, enabled=progress)
     for step in bar:
         if pos + bs > n:
-            order, pos = torch.randperm(n, generator=g), 0
+            order, pos = train_idx[torch.randperm(n, generator=g)], 0
         idx = order[pos:pos + bs]
         pos += bs
         x = images.get(idx)
@@ -286,14 +354,25 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
             history.append((step, terms))
             bar.set_postfix(loss=f"{terms['loss']:.3g}", var=f"{terms['output']:.2g}",
                             l1=f"{terms['l1']:.2g}", rf=f"{terms['rf']:.2g}")
+        if checks is not None and ((step + 1) % cfg.checkpoint_every == 0 or last):
+            checks.record(step + 1, gen, momentum.weight() if cfg.mtr else None)
     search_seconds["search"] = time.perf_counter() - t0
-    recalibrate_batchnorm(gen, (images.get(sl) for sl in images.chunks(bs)))
     final_weight = momentum.weight().detach() if cfg.mtr else None
+    chosen_step = None
+    if checks is not None:
+        i = checks.chosen()
+        state, weight_i = checks.states[i]
+        gen.load_state_dict(state)
+        chosen_step = checks.rows[i]["step"]
+        if cfg.mtr:  # the identity checkpoint has no map yet: any map blends x with x
+            final_weight = weight_i if weight_i is not None else final_weight
+    recalibrate_batchnorm(gen, (images.get(sl) for sl in images.chunks(bs)))
     gen.to(memory_format=torch.contiguous_format)  # the trigger is applied anywhere later
     per_image = cfg.mtr_map == "per_image"
     trigger = ReversedTrigger(gen, final_weight, cfg, attention_model=model if per_image else None,
                               output_scale=bench["output_scale"] if per_image else None)
-    return Search(trigger, seed, trajectory, history, pre_err, r_floor, search_seconds)
+    return Search(trigger, seed, trajectory, history, pre_err, r_floor, search_seconds,
+                  checks.rows if checks is not None else [], chosen_step)
 
 
 @torch.no_grad()

@@ -13,8 +13,13 @@ trigger function itself (``result.reverse(x)``), which mitigation fine-tunes aga
     rav, rnv, r_floor, mean_abs_change_per_pixel,
     objective {loss, output, l1, rf}          (final terms over all of D_b)
     trajectory [{step, estimate [K]}]         (target estimate during the chosen search)
-    restarts [{seed, R, collapse_ratio, objective, pretrain_error, r_floor}]
+    restarts [{seed, R, collapse_ratio, objective, pretrain_error, r_floor, chosen_step}]
     chosen_restart, residual_scale, timings {seconds...}, config {DRMGuardConfig}
+    checkpoints [{step, R, collapse_ratio, objective, output, l1, rf, estimate [K]}]
+                                              (the chosen search's states on the held-out part
+                                              of D_b; empty when config.select = "final")
+    chosen_step                               (the step whose generator is the trigger; None:
+                                              the final one)
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class ScanResult:
     metrics: dict = field(default_factory=dict)  # rav, rnv, stds, objective, r_floor ...
     restarts: list[dict] = field(default_factory=list)
     chosen_restart: int = 0
+    checkpoints: list[dict] = field(default_factory=list)
+    chosen_step: int | None = None
     trigger: ReversedTrigger | None = field(default=None, repr=False)
 
     def reverse(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +97,7 @@ class ScanResult:
             "objective": m.get("objective"),
             "trajectory": [{"step": int(s), "estimate": list(e)} for s, e in self.trajectory],
             "restarts": list(self.restarts), "chosen_restart": self.chosen_restart,
+            "checkpoints": list(self.checkpoints), "chosen_step": self.chosen_step,
             "residual_scale": self.residual_scale, "timings": dict(self.timings),
             "config": dict(self.config),
         }
@@ -112,7 +120,8 @@ class ScanResult:
                 config=dict(d["config"]), task=d["task"], target_names=list(d["target_names"]),
                 seed=d["seed"], n_benign=d["n_benign"],
                 metrics={k: d.get(k) for k in metric_keys}, restarts=list(d["restarts"]),
-                chosen_restart=d["chosen_restart"], trigger=trigger)
+                chosen_restart=d["chosen_restart"], checkpoints=list(d.get("checkpoints", [])),
+                chosen_step=d.get("chosen_step"), trigger=trigger)
         except (KeyError, TypeError) as e:
             raise DrmguardError(f"not a DRMGuard scan record (missing or bad entry {e})") from None
 
@@ -242,7 +251,7 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
                 ev = evaluate_trigger(model, search.trigger, images, bench, cfg)
                 search.seconds["evaluate"] = time.perf_counter() - t0
                 runs.append((search, ev))
-            best = min(range(len(runs)), key=lambda i: runs[i][1]["objective"]["loss"])
+            best = chosen_restart([ev for _, ev in runs], cfg)
             search, ev = runs[best]
             samples = _samples(search.trigger, images, cfg.n_sample_images)
     finally:
@@ -256,7 +265,7 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
     metrics["r_floor"] = search.r_floor
     restarts = [{"seed": s.seed, "R": e["R"], "collapse_ratio": e["collapse_ratio"],
                  "objective": e["objective"]["loss"], "pretrain_error": s.pretrain_error,
-                 "r_floor": s.r_floor} for s, e in runs]
+                 "r_floor": s.r_floor, "chosen_step": s.chosen_step} for s, e in runs]
     mtr_map = search.trigger.weight
     if cfg.mtr and cfg.mtr_map == "per_image":
         mtr_map = bench["attention"].mean(0)[None, None]
@@ -270,7 +279,20 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
         attention=None if mtr_map is None else mtr_map[0, 0].float().cpu().numpy(),
         timings=timings, config=cfg.to_dict(), task=task.name,
         target_names=list(task.target_names), seed=seed, n_benign=len(benign),
-        metrics=metrics, restarts=restarts, chosen_restart=best, trigger=search.trigger)
+        metrics=metrics, restarts=restarts, chosen_restart=best,
+        checkpoints=search.checkpoints, chosen_step=search.chosen_step, trigger=search.trigger)
+
+
+def chosen_restart(evaluations: list[dict], cfg) -> int:
+    """The restart the scan reports: the lowest objective over D_b; with ``select =
+    cheapest_collapse`` the smallest R among the restarts whose outputs collapsed, if any."""
+    idx = range(len(evaluations))
+    if cfg.select == "cheapest_collapse":
+        collapsed = [i for i in idx
+                     if evaluations[i]["collapse_ratio"] < cfg.collapse_threshold]
+        if collapsed:
+            return min(collapsed, key=lambda i: evaluations[i]["R"])
+    return min(idx, key=lambda i: evaluations[i]["objective"]["loss"])
 
 
 def _samples(trigger: ReversedTrigger, images: BenignImages, n: int) -> dict:
