@@ -77,6 +77,12 @@ def _print_plan(p: dict) -> None:
 PlanOpt = typer.Option(False, "--plan", help="Only say what is cached and what would be "
                                              "trained / run (with the times the cache "
                                              "recorded for alike work).")
+def _first_seed_opt(default: int):
+    return typer.Option(default, "--first-seed", min=0,
+                        help="Seed of the first model of each kind (e.g. 100: development "
+                             "models the tables never use, for calibration).")
+
+
 RescanOpt = typer.Option(False, "--rescan", help="Recompute the cached runs (scans, "
                                                  "mitigations, attack metrics) that other code "
                                                  "made; trained models are reused.")
@@ -92,6 +98,7 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        defenses: str = typer.Option("drmguard", help="drmguard,nc,featurere"),
                        arch: str = typer.Option(None, help="Architecture (profile's default)."),
                        name: str = typer.Option(None, help="Result file name."),
+                       first_seed: int = _first_seed_opt(0),
                        plan: bool = PlanOpt, rescan: bool = RescanOpt,
                        cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5)."""
@@ -104,11 +111,12 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     if plan:
         _print_plan(plan_identification(task, names, benign, counts, profile,
                                         _list(defenses, "--defenses"), cache, arch,
-                                        rescan=rescan))
+                                        rescan=rescan, first_seed=first_seed))
         return
     rec = run_identification(task, names, benign, counts, profile,
                              _list(defenses, "--defenses"), cache, out, arch, name=name,
-                             command=_command(), progress=not quiet, rescan=rescan)
+                             command=_command(), progress=not quiet, rescan=rescan,
+                             first_seed=first_seed)
     for s in rec["summary"]:
         typer.echo(f"{s['defense']:>10} {s['attack']:>12}: TP {s['TP']} FP {s['FP']} FN {s['FN']} "
                    f"TN {s['TN']}  acc {s['accuracy']:.3f}  AUC {_auc(s['roc_auc'])}")
@@ -150,9 +158,7 @@ def trigger_response_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                                                      help="Comma-separated attacks."),
                          benign: int = typer.Option(3, help="Benign control models."),
                          backdoored: int = typer.Option(3, help="Backdoored models per attack."),
-                         first_seed: int = typer.Option(100, help="Seed of the first model of "
-                                                        "each kind (development models: seeds "
-                                                        "the tables never use)."),
+                         first_seed: int = _first_seed_opt(100),
                          name: str = typer.Option(None, help="Result file name."),
                          rescan: bool = RescanOpt, cache: str = CacheOpt, out: str = OutOpt,
                          quiet: bool = QuietOpt):
@@ -162,8 +168,6 @@ def trigger_response_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
 
     _check_task(task)
     _check_counts(benign=benign, backdoored=backdoored)
-    if first_seed < 0:
-        raise DrmguardError("--first-seed must be non-negative")
     rec = run_trigger_response(task, _list(attacks, "--attacks"), benign, backdoored, profile,
                                first_seed, cache, out, name, _command(), not quiet, rescan)
     for s in rec["summary"]:
@@ -179,7 +183,7 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                  groups: str = typer.Option("fsrt,mtr,lambda3,benign",
                                             help="fsrt, mtr, lambda3, lambda1, units, select, l1, benign, "
                                                  "generator, mtr_norm"),
-                 rescan: bool = RescanOpt,
+                 first_seed: int = _first_seed_opt(0), rescan: bool = RescanOpt,
                  cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
     """Ablations: without FSRT, without MTR, λ sweeps, benign-set size (Tables 7–9)."""
     from ..experiments.ablation import GROUPS, run_ablation
@@ -191,7 +195,8 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     if bad:
         raise DrmguardError(f"unknown ablation group(s) {', '.join(bad)} (choose {', '.join(GROUPS)})")
     rec = run_ablation(task, _list(attacks, "--attacks"), benign, backdoored, profile, chosen,
-                       cache, out, command=_command(), progress=not quiet, rescan=rescan)
+                       cache, out, command=_command(), progress=not quiet, rescan=rescan,
+                       first_seed=first_seed)
     for r in rec["rows"]:
         typer.echo(f"{r['variant']:>28} {r['attack']:>8}: acc {r['accuracy']:.3f}  "
                    f"AUC {_auc(r['roc_auc'])}")

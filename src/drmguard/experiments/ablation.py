@@ -64,7 +64,8 @@ GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "units", "select", "l1", "benign"
 def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int,
                  profile: str = "cpu", groups: list[str] | None = None,
                  cache_dir: str = ".drmguard-cache", out_dir: str = "results",
-                 command: str = "", progress: bool = True, rescan: bool = False) -> dict:
+                 command: str = "", progress: bool = True, rescan: bool = False,
+                 first_seed: int = 0) -> dict:
     groups = groups or ["fsrt", "mtr", "lambda3", "benign"]
     rows = []
     for label, overrides, limit in variants(task, profile, groups):
@@ -73,11 +74,12 @@ def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int
                                  cache_dir, f"{out_dir}/ablation-runs", overrides=overrides,
                                  benign_limit=limit,
                                  name=f"ablation-{task}-{profile}-{slug}", command=command,
-                                 progress=progress, rescan=rescan)
+                                 progress=progress, rescan=rescan, first_seed=first_seed)
         for s in rec["summary"]:
             rows.append({"variant": label, "overrides": overrides, "benign_limit": limit, **s})
     record = {"provenance": provenance(command), "task": task, "profile": profile,
               "attacks": attacks, "n_benign": n_benign, "n_backdoored": n_backdoored,
+              "first_seed": first_seed,
               "groups": groups, "rows": rows}
     md = (f"# DRMGuard ablations — {task}, profile {profile}\n\n{n_benign} benign + "
           f"{n_backdoored} backdoored models per attack ({', '.join(attacks)}); each row is one "

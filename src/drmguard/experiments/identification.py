@@ -154,11 +154,13 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
                         n_backdoored: int | dict[str, int], profile: str = "cpu",
                         defenses: list[str] | None = None, cache_dir: str = ".drmguard-cache",
                         arch: str | None = None, overrides: dict | None = None,
-                        benign_limit: int | None = None, rescan: bool = False) -> dict:
+                        benign_limit: int | None = None, rescan: bool = False,
+                        first_seed: int = 0) -> dict:
     """What :func:`run_identification` would do with this cache, without doing it: the models
     to train and the detections to run, each with the median wall time the cache recorded for
     the same kind of work (None when nothing alike is cached yet)."""
-    specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch)
+    specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch,
+                        first_seed=first_seed)
     runs = [(spec, d, detect_config(spec, d, (overrides or {}) if d == "drmguard" else {},
                                     benign_limit)[1])
             for spec in specs for d in defenses or ["drmguard"]]
@@ -172,12 +174,14 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                        arch: str | None = None, overrides: dict | None = None,
                        benign_limit: int | None = None, name: str | None = None,
                        command: str = "", progress: bool = True,
-                       attack_options: dict | None = None, rescan: bool = False) -> dict:
+                       attack_options: dict | None = None, rescan: bool = False,
+                       first_seed: int = 0) -> dict:
     """Identification table on a zoo; ``rescan`` recomputes cached runs that other code made
-    (see :class:`Zoo`)."""
+    (see :class:`Zoo`); ``first_seed`` > 0 for development models (calibration)."""
     defenses = defenses or ["drmguard"]
     zoo = Zoo(cache_dir, progress, rescan)
-    specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options)
+    specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options,
+                        first_seed)
     records = []
     t = get_task(task)
     for spec in progress_bar(specs, desc="models", enabled=progress):
@@ -203,6 +207,7 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     name = name or f"identification-{task}-{profile}" + (f"-{arch}" if arch else "")
     record = {"provenance": provenance(command), "task": task, "profile": profile, "arch": arch,
               "attacks": attacks, "n_benign": n_benign, "n_backdoored": n_backdoored,
+              "first_seed": first_seed,
               "defenses": defenses, "overrides": overrides or {}, "benign_limit": benign_limit,
               "summary": summary, "models": records}
     write_results(out_dir, name, record, to_markdown(record))
