@@ -12,21 +12,12 @@ import pytest
 
 from drmguard.experiments.executor import Executor, Run
 from drmguard.experiments.identification import identification_work, run_identification
+from drmguard.experiments.results import comparable
 from drmguard.experiments.zoo import ModelSpec, Zoo
 
 # a 2 benign + 2 BadNets zoo, DRMGuard (short search) and NC-R on every model
 ZOO = dict(task="gaze", attacks=["badnets"], n_benign=2, n_backdoored=2, profile="tiny",
            defenses=["drmguard", "nc"], overrides={"steps": 5, "pretrain_steps": 5})
-VOLATILE = {"provenance", "seconds", "wall_seconds", "timings"}  # timing and commit fields
-
-
-def comparable(obj):
-    """A results record without its timing and provenance fields."""
-    if isinstance(obj, dict):
-        return {k: comparable(v) for k, v in obj.items() if k not in VOLATILE}
-    if isinstance(obj, list):
-        return [comparable(v) for v in obj]
-    return obj
 
 
 def identification(base, executor=None) -> dict:
@@ -158,3 +149,39 @@ def test_executor_work_stages_and_threads():
         ("attack", "metrics", 0), ("mitigate", "drmguard", 1), ("mitigate", "ft", 1)]
     assert isinstance(w.runs[1].call, partial) and len((w + w).runs) == 6
     assert Work().specs == [] and Executor(1).sequential and not Executor(2).sequential
+
+
+@pytest.mark.parametrize("args,models,runs", [
+    (["attacks", "--attacks", "badnets,blend"], 3, 0),
+    # per model: attack metrics, the trigger's cost (backdoored), one run per defence
+    (["identification", "--attacks", "badnets", "--benign", "1", "--backdoored", "2",
+      "--defenses", "drmguard,nc"], 3, 3 + 2 * 4),
+    # attack metrics, then the mitigations
+    (["mitigation", "--attacks", "badnets:2", "--mitigations", "drmguard,ft"], 2, 2 * 3),
+    # two variants (default, without MTR) scan the same two models
+    (["ablation", "--attacks", "badnets", "--benign", "1", "--backdoored", "1", "--groups",
+      "mtr"], 2, 3 + 2 * 2),
+    # per architecture: identification (2 models) and mitigation (the backdoored one)
+    (["architectures", "--archs", "small_resnet,mobilenet_v1", "--attack", "badnets",
+      "--benign", "1", "--backdoored", "1"], 4, 2 * (3 + 2 + 1)),
+])
+def test_every_experiment_command_hands_its_whole_zoo_to_the_executor(
+        tmp_path, monkeypatch, capsys, args, models, runs):
+    """One parallel phase per command, with every model and run of the command in it."""
+    from drmguard.cli import main
+    from drmguard.errors import DrmguardError
+
+    seen = []
+
+    def record(self, zoo, work):
+        seen.append((self.workers, self.progress, work))
+        raise DrmguardError("stop here")  # the sequential part is tested elsewhere
+
+    monkeypatch.setattr(Executor, "run", record)
+    monkeypatch.chdir(tmp_path)  # `attacks` uses the default cache directory
+    assert main(["experiment", *args, "--profile", "tiny", "--workers", "3", "--quiet"]) == 2
+    assert "stop here" in capsys.readouterr().err
+    ((workers, progress, work),) = seen
+    assert (workers, progress) == (3, False)
+    assert len({s.key() for s in work.specs}) == models
+    assert len({r.ident() for r in work.runs}) == runs

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DrmguardError
+from ..errors import DrmguardError, first_line
 from ..utils import progress_bar
 from .zoo import ModelSpec, Zoo, _hash
 
@@ -134,15 +134,14 @@ class _Ray:
     def __init__(self, workers: int, address: str | None):
         ray = _import_ray()
         try:
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR")
+            if address:  # a running cluster: its own resources, its workers' logs shown
+                ray.init(address=address, logging_level="ERROR")
             else:
                 ray.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False,
                          logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise DrmguardError(f"cannot connect to the Ray cluster at '{address or 'local'}': "
-                                f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
+                                f"{first_line(e)}") from e
         res = ray.cluster_resources()
         self.ray = ray
         self.threads = threads_per_worker(workers, int(res.get("CPU", cores())))
@@ -158,7 +157,12 @@ class _Ray:
         return set(done)
 
     def result(self, handle) -> float:
-        return self.ray.get(handle)
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayTaskError as e:  # the task's own error, as local workers
+            if isinstance(getattr(e, "cause", None), Exception):
+                raise e.cause from None
+            raise
 
     def close(self) -> None:
         self.ray.shutdown()
