@@ -44,15 +44,15 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--task", default="gaze")
+    ap.add_argument("--work-dir", default=None,
+                    help="where the two fresh caches go (default: a temporary directory)")
+    ap.add_argument("--out", default=None,
+                    help="result JSON (default: results/zoo_workers_<profile>.json)")
     ap.add_argument("--benign", type=int, default=4)
     ap.add_argument("--backdoored", type=int, default=4)
     ap.add_argument("--parallel", type=int, default=2, help="workers of the parallel run")
     ap.add_argument("--sequential-threads", type=int, default=0,
                     help="torch threads of the sequential run (0: torch's default)")
-    ap.add_argument("--work-dir", default=None,
-                    help="where the two fresh caches go (default: a temporary directory)")
-    ap.add_argument("--out", default=None,
-                    help="result JSON (default: results/zoo_workers_<profile>.json)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out or f"results/zoo_workers_{args.profile}.json")
