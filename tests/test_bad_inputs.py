@@ -403,3 +403,29 @@ def test_probe_bad_input(tmp_path, capsys, probe, extra, kw, needle):
     args = [*probe, write_model(tmp_path / "m"), "--data", write_data(tmp_path / "d", **kw),
             *extra]
     expect_one_line(capsys, args, needle)
+
+
+# --- experiments in parallel (--workers, --executor, --address) -------------------------------
+@pytest.mark.parametrize("extra,needle", [
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--workers", "-2"], "--workers must be at least 1, got -2"),
+    (["--executor", "slurm"], "unknown executor 'slurm' (choose local, ray)"),
+    (["--address", "127.0.0.1:6379"], "--address is for --executor ray"),
+    (["--executor", "ray", "--address", "127.0.0.1:1"],
+     "cannot reach the ray cluster at '127.0.0.1:1'"),
+    (["--executor", "ray", "--address", "auto"], "cannot connect to the ray cluster at 'auto'"),
+])
+def test_experiment_parallel_options(tmp_path, capsys, monkeypatch, extra, needle):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    expect_one_line(capsys, ["experiment", "identification", "--profile", "tiny", "--benign", 1,
+                             "--backdoored", 1, "--attacks", "badnets", "--cache", tmp_path / "c",
+                             "--out", tmp_path / "o", "--quiet", *extra], needle)
+    assert not (tmp_path / "c" / "models").exists()  # refused before any training
+
+
+def test_experiment_ray_not_installed(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    expect_one_line(capsys, ["experiment", "attacks", "--profile", "tiny", "--executor", "ray"],
+                    "--executor ray needs Ray: pip install 'drmguard[ray]'")

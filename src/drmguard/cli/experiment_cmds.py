@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shlex
 import sys
 
@@ -16,6 +18,39 @@ exp_app = typer.Typer(no_args_is_help=True,
 CacheOpt = typer.Option(".drmguard-cache", "--cache", help="Zoo cache directory.")
 OutOpt = typer.Option("results", "--out", help="Directory for the Markdown + JSON results.")
 TaskOpt = typer.Option("gaze", "--task", help="gaze or headpose (synthetic).")
+
+
+WorkersOpt = typer.Option(1, "--workers", help="Models and runs computed at once (each "
+                                                "with cores // N torch threads); 1: one after "
+                                                "another.")
+ExecutorOpt = typer.Option("local", "--executor", help="local (worker processes) or ray (a Ray "
+                                                       "cluster; needs drmguard's ray extra).")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster address (e.g. auto or "
+                                                  "HOST:6379); none: Ray on this machine.")
+
+
+def parallel(command):
+    """Give an experiment command ``--workers``, ``--executor`` and ``--address``; it receives
+    them as ``executor``, an :class:`~drmguard.experiments.executor.Executor` (None for the
+    sequential default)."""
+    sig = inspect.signature(command)
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
+             for n, d, t in (("workers", WorkersOpt, int), ("executor", ExecutorOpt, str),
+                             ("address", AddressOpt, str))]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()
+              if p.name != "executor"]
+
+    @functools.wraps(command)
+    def wrapper(*, workers: int, executor: str, address: str | None, **kw):
+        from ..experiments.executor import Executor
+
+        ex = Executor(workers, executor, address, progress=not kw.get("quiet"))
+        return command(executor=None if ex.sequential else ex, **kw)
+
+    wrapper.__signature__ = sig.replace(parameters=params + extra)
+    wrapper.__annotations__ = {**command.__annotations__, "workers": int, "executor": str,
+                               "address": str}
+    return wrapper
 
 
 def _list(text: str, what: str) -> list[str]:
@@ -41,15 +76,17 @@ def _check_counts(**counts: int) -> None:
 
 
 @exp_app.command("attacks")
+@parallel
 def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                 attacks: str = typer.Option("", help="Comma-separated attacks (default: all)."),
-                seed: int = typer.Option(0), out: str = OutOpt, quiet: bool = QuietOpt):
+                seed: int = typer.Option(0), out: str = OutOpt, quiet: bool = QuietOpt,
+                executor=None):
     """Attack effectiveness (Table 10: RE, AE, DAE) and feature metrics (Table 1: RNV, RAV)."""
     from ..experiments.attack_table import run
 
     _check_task(task)
     rec = run(task, profile=profile, attacks=_list(attacks, "--attacks") if attacks else None,
-              seed=seed, out_dir=out, progress=not quiet)
+              seed=seed, out_dir=out, progress=not quiet, executor=executor)
     typer.echo(f"wrote {out}/attacks-{task}-{profile}.md" if rec else "done")
 
 
@@ -89,6 +126,7 @@ RescanOpt = typer.Option(False, "--rescan", help="Recompute the cached runs (sca
 
 
 @exp_app.command("identification")
+@parallel
 def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        attacks: str = typer.Option("badnets,wanet",
                                                    help="Comma-separated; NAME:COUNT sets that "
@@ -100,7 +138,8 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        name: str = typer.Option(None, help="Result file name."),
                        first_seed: int = _first_seed_opt(0),
                        plan: bool = PlanOpt, rescan: bool = RescanOpt,
-                       cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
+                       cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt,
+                       executor=None):
     """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5)."""
     from ..experiments.identification import (parse_attack_counts, plan_identification,
                                               run_identification)
@@ -116,13 +155,14 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     rec = run_identification(task, names, benign, counts, profile,
                              _list(defenses, "--defenses"), cache, out, arch, name=name,
                              command=_command(), progress=not quiet, rescan=rescan,
-                             first_seed=first_seed)
+                             first_seed=first_seed, executor=executor)
     for s in rec["summary"]:
         typer.echo(f"{s['defense']:>10} {s['attack']:>12}: TP {s['TP']} FP {s['FP']} FN {s['FN']} "
                    f"TN {s['TN']}  acc {s['accuracy']:.3f}  AUC {_auc(s['roc_auc'])}")
 
 
 @exp_app.command("mitigation")
+@parallel
 def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    attacks: str = typer.Option("wanet", help="Comma-separated; NAME:COUNT "
                                                              "sets that attack's model count."),
@@ -131,7 +171,8 @@ def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    arch: str = typer.Option(None, help="Architecture (profile's default)."),
                    name: str = typer.Option(None, help="Result file name."),
                    plan: bool = PlanOpt, rescan: bool = RescanOpt,
-                   cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
+                   cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt,
+                   executor=None):
     """Mitigation: RE, AE, DAE before and after each method (Tables 4, 6)."""
     from ..experiments.identification import parse_attack_counts
     from ..experiments.mitigation import plan_mitigation, run_mitigation
@@ -146,13 +187,15 @@ def mitigation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
         return
     rec = run_mitigation(task, names, counts, profile,
                          _list(mitigations, "--mitigations"), cache, out, arch, name=name,
-                         command=_command(), progress=not quiet, rescan=rescan)
+                         command=_command(), progress=not quiet, rescan=rescan,
+                         executor=executor)
     for s in rec["summary"]:
         typer.echo(f"{s['attack']:>10} {s['method']:>10}: RE {s['RE_mean']:.2f}  "
                    f"AE {s['AE_mean']:.2f}  DAE {s['DAE_mean']:.2f}")
 
 
 @exp_app.command("trigger-response")
+@parallel
 def trigger_response_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                          attacks: str = typer.Option("badnets,wanet,blend",
                                                      help="Comma-separated attacks."),
@@ -161,7 +204,7 @@ def trigger_response_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                          first_seed: int = _first_seed_opt(100),
                          name: str = typer.Option(None, help="Result file name."),
                          rescan: bool = RescanOpt, cache: str = CacheOpt, out: str = OutOpt,
-                         quiet: bool = QuietOpt):
+                         quiet: bool = QuietOpt, executor=None):
     """What the cheapest real route to a collapse costs: each backdoored model's own trigger
     weakened (R, collapse, objective), benign models as the control; no search."""
     from ..experiments.trigger_response import run_trigger_response
@@ -169,7 +212,8 @@ def trigger_response_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     _check_task(task)
     _check_counts(benign=benign, backdoored=backdoored)
     rec = run_trigger_response(task, _list(attacks, "--attacks"), benign, backdoored, profile,
-                               first_seed, cache, out, name, _command(), not quiet, rescan)
+                               first_seed, cache, out, name, _command(), not quiet, rescan,
+                               executor=executor)
     for s in rec["summary"]:
         r = "never" if s["cheapest_R"] is None else f"R {s['cheapest_R']:.4f}"
         typer.echo(f"{s['attack']:>12} {s['family']:>8} {s['group']:>10}: collapse < 0.25 in "
@@ -177,6 +221,7 @@ def trigger_response_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
 
 
 @exp_app.command("ablation")
+@parallel
 def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                  attacks: str = typer.Option("badnets,wanet", help="Comma-separated."),
                  benign: int = typer.Option(5), backdoored: int = typer.Option(5),
@@ -184,7 +229,8 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                                             help="fsrt, mtr, lambda3, lambda1, units, select, l1, benign, "
                                                  "generator, mtr_norm"),
                  first_seed: int = _first_seed_opt(0), rescan: bool = RescanOpt,
-                 cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
+                 cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt,
+                 executor=None):
     """Ablations: without FSRT, without MTR, λ sweeps, benign-set size (Tables 7–9)."""
     from ..experiments.ablation import GROUPS, run_ablation
 
@@ -196,24 +242,33 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
         raise DrmguardError(f"unknown ablation group(s) {', '.join(bad)} (choose {', '.join(GROUPS)})")
     rec = run_ablation(task, _list(attacks, "--attacks"), benign, backdoored, profile, chosen,
                        cache, out, command=_command(), progress=not quiet, rescan=rescan,
-                       first_seed=first_seed)
+                       first_seed=first_seed, executor=executor)
     for r in rec["rows"]:
         typer.echo(f"{r['variant']:>28} {r['attack']:>8}: acc {r['accuracy']:.3f}  "
                    f"AUC {_auc(r['roc_auc'])}")
 
 
 @exp_app.command("architectures")
+@parallel
 def architectures_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                       archs: str = typer.Option("resnet18,resnet34,mobilenet_v1"),
                       attack: str = typer.Option("wanet"),
                       benign: int = typer.Option(5), backdoored: int = typer.Option(5),
-                      cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt):
+                      cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt,
+                      executor=None):
     """Identification and mitigation per architecture (Tables 12–13)."""
-    from ..experiments.identification import run_identification
-    from ..experiments.mitigation import run_mitigation
+    from ..experiments.executor import Work
+    from ..experiments.identification import identification_work, run_identification
+    from ..experiments.mitigation import mitigation_work, run_mitigation
+    from ..experiments.zoo import Zoo
 
     _check_task(task)
     _check_counts(benign=benign, backdoored=backdoored)
+    if executor is not None:  # every architecture's zoo in one go
+        executor.run(Zoo(cache, not quiet), sum(
+            (identification_work(task, [attack], benign, backdoored, profile, arch=a)
+             + mitigation_work(task, [attack], backdoored, profile, arch=a)
+             for a in _list(archs, "--archs")), Work()))
     for a in _list(archs, "--archs"):
         rec = run_identification(task, [attack], benign, backdoored, profile, ["drmguard"],
                                  cache, out, a, command=_command(), progress=not quiet)

@@ -6,8 +6,10 @@ all variants share the cached models, so an ablation costs scans only.
 
 from __future__ import annotations
 
-from .identification import run_identification
+from .executor import Work
+from .identification import identification_work, run_identification
 from .results import md_table, provenance, write_results
+from .zoo import Zoo
 
 
 def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict, int | None]]:
@@ -65,9 +67,14 @@ def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int
                  profile: str = "cpu", groups: list[str] | None = None,
                  cache_dir: str = ".drmguard-cache", out_dir: str = "results",
                  command: str = "", progress: bool = True, rescan: bool = False,
-                 first_seed: int = 0) -> dict:
+                 first_seed: int = 0, executor=None) -> dict:
     groups = groups or ["fsrt", "mtr", "lambda3", "benign"]
     rows = []
+    if executor is not None:  # every variant's scans in one go
+        executor.run(Zoo(cache_dir, progress, rescan), sum(
+            (identification_work(task, attacks, n_benign, n_backdoored, profile, ["drmguard"],
+                                 overrides=o, benign_limit=n, first_seed=first_seed)
+             for _, o, n in variants(task, profile, groups)), Work()))
     for label, overrides, limit in variants(task, profile, groups):
         slug = _slug(label)
         rec = run_identification(task, attacks, n_benign, n_backdoored, profile, ["drmguard"],

@@ -36,12 +36,17 @@ def effective(m: dict, benign_re: float) -> bool:
 
 def run(task: str, profile: str = "cpu", attacks: list[str] | None = None, seed: int = 0,
         out_dir: str = "results", progress: bool = True, cache_dir: str = DEFAULT_CACHE,
-        command: str = "") -> dict:
-    """Train (or load from the zoo cache) and measure; write results/attacks-<task>-<profile>."""
+        command: str = "", executor=None) -> dict:
+    """Train (or load from the zoo cache) and measure; write results/attacks-<task>-<profile>.
+    An :class:`~.executor.Executor` trains the models in parallel first."""
     names = [attack_class(a).name for a in (attacks or DEFAULT_ATTACKS)]
     t = get_task(task)
     zoo = Zoo(cache_dir, progress)
     benign_spec = ModelSpec(task, profile, None, seed)
+    if executor is not None:
+        from .executor import Work
+
+        executor.run(zoo, Work([benign_spec] + [ModelSpec(task, profile, n, seed) for n in names]))
     splits = zoo.splits(benign_spec)
     model, _, meta = zoo.model(benign_spec)
     benign = {"RE": evaluate(model, splits.test, t)["error"],

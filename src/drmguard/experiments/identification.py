@@ -150,6 +150,32 @@ def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> l
     return rows
 
 
+def identification_work(task: str, attacks: list[str], n_benign: int,
+                        n_backdoored: int | dict[str, int], profile: str = "cpu",
+                        defenses: list[str] | None = None, arch: str | None = None,
+                        overrides: dict | None = None, benign_limit: int | None = None,
+                        attack_options: dict | None = None, first_seed: int = 0):
+    """Everything :func:`run_identification` computes, as tasks for an
+    :class:`~.executor.Executor`: the models, their attack records and the detections."""
+    from functools import partial
+
+    from .executor import Run, Work
+
+    specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options,
+                        first_seed)
+    runs = []
+    for spec in specs:
+        runs.append(Run(spec, attack_record, "attack", "metrics", gpu=False))
+        if spec.backdoored:
+            runs.append(Run(spec, trigger_record, "attack", "trigger-cost", gpu=False))
+        for d in defenses or ["drmguard"]:
+            ov = (overrides or {}) if d == "drmguard" else {}
+            runs.append(Run(spec, partial(detect_record, defense=d, overrides=ov,
+                                          benign_limit=benign_limit), "detect", d,
+                            detect_config(spec, d, ov, benign_limit)[1]))
+    return Work(specs, runs)
+
+
 def plan_identification(task: str, attacks: list[str], n_benign: int,
                         n_backdoored: int | dict[str, int], profile: str = "cpu",
                         defenses: list[str] | None = None, cache_dir: str = ".drmguard-cache",
@@ -175,11 +201,16 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                        benign_limit: int | None = None, name: str | None = None,
                        command: str = "", progress: bool = True,
                        attack_options: dict | None = None, rescan: bool = False,
-                       first_seed: int = 0) -> dict:
+                       first_seed: int = 0, executor=None) -> dict:
     """Identification table on a zoo; ``rescan`` recomputes cached runs that other code made
-    (see :class:`Zoo`); ``first_seed`` > 0 for development models (calibration)."""
+    (see :class:`Zoo`); ``first_seed`` > 0 for development models (calibration); an
+    :class:`~.executor.Executor` computes the zoo in parallel first."""
     defenses = defenses or ["drmguard"]
     zoo = Zoo(cache_dir, progress, rescan)
+    if executor is not None:
+        executor.run(zoo, identification_work(task, attacks, n_benign, n_backdoored, profile,
+                                              defenses, arch, overrides, benign_limit,
+                                              attack_options, first_seed))
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options,
                         first_seed)
     records = []

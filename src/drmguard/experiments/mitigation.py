@@ -59,6 +59,24 @@ def mitigation_specs(task: str, profile: str, attacks: list[str],
     return model_specs(task, profile, attacks, 0, n_backdoored, arch)
 
 
+def mitigation_work(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
+                    profile: str = "cpu", mitigations: list[str] | None = None,
+                    arch: str | None = None):
+    """Everything :func:`run_mitigation` computes, as tasks for an
+    :class:`~.executor.Executor`; the mitigations are a later stage than the detections of
+    :func:`~.identification.identification_work`, whose DRMGuard scan they reuse."""
+    from functools import partial
+
+    from .executor import Run, Work
+
+    specs = mitigation_specs(task, profile, attacks, n_backdoored, arch)
+    runs = [Run(spec, attack_record, "attack", "metrics", gpu=False) for spec in specs]
+    runs += [Run(spec, partial(mitigate_record, name=m, overrides={}), "mitigate", m,
+                 mitigate_config(spec, m, {})[1], stage=1)
+             for spec in specs for m in mitigations or ["drmguard"]]
+    return Work(specs, runs)
+
+
 def plan_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
                     profile: str = "cpu",
                     mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
@@ -76,11 +94,15 @@ def run_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, 
                    profile: str = "cpu",
                    mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
                    out_dir: str = "results", arch: str | None = None, name: str | None = None,
-                   command: str = "", progress: bool = True, rescan: bool = False) -> dict:
+                   command: str = "", progress: bool = True, rescan: bool = False,
+                   executor=None) -> dict:
     """Mitigation table on a zoo; ``rescan`` recomputes cached runs that other code made
-    (see :class:`Zoo`)."""
+    (see :class:`Zoo`); an :class:`~.executor.Executor` computes the zoo in parallel first."""
     mitigations = mitigations or ["drmguard"]
     zoo = Zoo(cache_dir, progress, rescan)
+    if executor is not None:
+        executor.run(zoo, mitigation_work(task, attacks, n_backdoored, profile, mitigations,
+                                          arch))
     records = []
     specs = mitigation_specs(task, profile, attacks, n_backdoored, arch)
     for spec in progress_bar(specs, desc="models", enabled=progress):

@@ -76,3 +76,17 @@ def runs_line(models: list) -> str:
     return (f"\nRuns: {len(codes) - other} of {len(codes)} made by this code (`{now}`)"
             + (f"; {other} by earlier code, reused from the cache (`--rescan` recomputes them)"
                if other else "") + "\n")
+
+
+#: Fields of a results record that differ between two computations of the same numbers.
+VOLATILE_FIELDS = frozenset({"provenance", "seconds", "wall_seconds", "timings"})
+
+
+def comparable(record):
+    """A results record without its timing and provenance fields (:data:`VOLATILE_FIELDS`, at
+    any depth): two runs of an experiment that computed the same numbers give equal ones."""
+    if isinstance(record, dict):
+        return {k: comparable(v) for k, v in record.items() if k not in VOLATILE_FIELDS}
+    if isinstance(record, list):
+        return [comparable(v) for v in record]
+    return record

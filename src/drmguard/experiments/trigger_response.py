@@ -115,12 +115,19 @@ def run_trigger_response(task: str, attacks: list[str], n_benign: int, n_backdoo
                          profile: str = "cpu", first_seed: int = 0,
                          cache_dir: str = ".drmguard-cache", out_dir: str = "results",
                          name: str | None = None, command: str = "", progress: bool = True,
-                         rescan: bool = False, budgets=(0.005, 0.01, 0.02, 0.03)) -> dict:
-    """The trigger-response table (per attack: backdoored models and benign controls)."""
+                         rescan: bool = False, budgets=(0.005, 0.01, 0.02, 0.03),
+                         executor=None) -> dict:
+    """The trigger-response table (per attack: backdoored models and benign controls); an
+    :class:`~.executor.Executor` trains the zoo's models in parallel first (the measurement
+    itself is a few forward passes per model)."""
     zoo = Zoo(cache_dir, progress, rescan)
     t = get_task(task)
     cfg = default_config(profile, task)
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, first_seed=first_seed)
+    if executor is not None:
+        from .executor import Work
+
+        executor.run(zoo, Work(specs, []))
     benign = [s for s in specs if s.attack is None]
     records = []
     bar = progress_bar(total=len(specs) - len(benign) + len(benign) * len(attacks),

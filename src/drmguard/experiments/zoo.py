@@ -9,10 +9,13 @@ Cache layout::
 
     CACHE/models/<key>/model.safetensors, model.json, trigger.safetensors, spec.json
     CACHE/runs/<key>/<kind>-<name>-<config hash>.json
+    CACHE/locks/<key>.lock   (held while a process trains that model)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -124,9 +127,25 @@ class Zoo:
 
         d = self.model_dir(spec)
         if not self.has_model(spec):
-            self._train(spec, d)
+            with self.claim(spec):  # another process may be training it right now
+                if not self.has_model(spec):
+                    self._train(spec, d)
         model, meta = load_model(d)
         return model, load_attack(d), meta
+
+    @contextlib.contextmanager
+    def claim(self, spec: ModelSpec):
+        """Hold ``CACHE/locks/<key>.lock`` (an exclusive ``flock``) for the duration: two
+        processes sharing the cache never train the same model at once. The kernel releases
+        the lock when its holder dies, so a killed training leaves no stale claim."""
+        path = self.root / "locks" / f"{spec.key()}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _train(self, spec: ModelSpec, final_dir: Path) -> None:
         prof = get_profile(spec.profile)
@@ -239,19 +258,11 @@ class Zoo:
         the attack the model carries, so a run with no record on models of its own attack is
         timed by the same run on the task's other models; training times are not (attacks
         train differently)."""
-        import statistics
-
         known = self.cached_specs()
-
-        def median(spec, *run) -> float | None:
-            xs = self.recorded_seconds(spec, known, *run)
-            if not xs and run:
-                xs = self.recorded_seconds(spec, known, *run, any_attack=True)
-            return statistics.median(xs) if xs else None
-
-        train = [{"model": s.label(), "seconds": median(s)} for s in specs
+        train = [{"model": s.label(), "seconds": self.estimate(s, known)} for s in specs
                  if not self.has_model(s)]
-        todo = [{"model": s.label(), "defense": name, "seconds": median(s, kind, name, cfg)}
+        todo = [{"model": s.label(), "defense": name,
+                 "seconds": self.estimate(s, known, kind, name, cfg)}
                 for s, name, cfg in runs
                 if not (self.has_model(s) and self.has_run(s, kind, name, cfg))]
         timed = [w["seconds"] for w in train + todo if w["seconds"] is not None]
@@ -259,6 +270,19 @@ class Zoo:
                                          "runs": len(runs) - len(todo)},
                 "train": train, kind: todo, "estimated_seconds": sum(timed),
                 "unestimated": len(train) + len(todo) - len(timed)}
+
+    def estimate(self, spec: ModelSpec, cached: dict[str, dict], kind: str | None = None,
+                 name: str | None = None, config: dict | None = None) -> float | None:
+        """Median recorded wall time of training ``spec`` (or, with ``kind``/``name``/
+        ``config``, of that run on it) among the ``cached`` models (see :meth:`plan`); None
+        when nothing alike is cached."""
+        import statistics
+
+        run = (kind, name, config) if kind is not None else ()
+        xs = self.recorded_seconds(spec, cached, *run)
+        if not xs and run:
+            xs = self.recorded_seconds(spec, cached, *run, any_attack=True)
+        return statistics.median(xs) if xs else None
 
     def cached_run(self, spec: ModelSpec, kind: str, name: str, config: dict, compute):
         """JSON result of ``compute()`` for (model, kind, name, config), computed once and
@@ -269,8 +293,9 @@ class Zoo:
             return cached
         result = {**compute(), "code": code_digest()}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=_jsonable))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:  # a file of its own per writer: workers share the cache
+            f.write(json.dumps(result, indent=2, default=_jsonable))
         os.replace(tmp, path)
         return json.loads(path.read_text())
 
