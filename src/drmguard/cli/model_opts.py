@@ -17,6 +17,7 @@ A command declares the options it needs from the constants below and hands their
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import typer
@@ -120,7 +121,25 @@ def resolve_task(task: Optional[str], error: Optional[str], num_outputs: int,
     return t
 
 
-def load_data_for_model(data_spec: str, model: RegressionModel, task: Optional[str] = None,
+def parse_columns(columns: Optional[str]) -> list[str] | None:
+    """``"yaw,pitch"`` -> ["yaw", "pitch"] (None when not given)."""
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    if columns is not None and not cols:
+        raise DrmguardError("--columns is empty")
+    if cols and len(set(cols)) != len(cols):
+        raise DrmguardError(f"--columns names a column twice: {columns}")
+    return cols
+
+
+def load_labelled(data_spec: str, columns: Optional[str] = None,
+                  quiet: bool = False) -> ArrayDataset:
+    """The labelled images of ``data_spec`` with the ``columns`` chosen (not yet fitted to a
+    model; every image of a folder has one size, or loading fails with a clear message)."""
+    return load_dataset(data_spec, columns=parse_columns(columns), progress=not quiet)
+
+
+def load_data_for_model(data_spec: str | ArrayDataset, model: RegressionModel,
+                        task: Optional[str] = None,
                         error: Optional[str] = None, columns: Optional[str] = None,
                         meta: dict | None = None, quiet: bool = False,
                         min_samples: int = 1, multiple_of: int | None = None
@@ -130,14 +149,14 @@ def load_data_for_model(data_spec: str, model: RegressionModel, task: Optional[s
     ``columns`` ("yaw,pitch") selects and orders target columns. Checks: the channel count, the
     target width (= the model's outputs), at least ``min_samples`` images, and optionally an
     input size divisible by ``multiple_of``. Returns the dataset (task set, images at the model's
-    input size) and the task.
+    input size) and the task. ``data_spec`` may be a dataset loaded already by
+    :func:`load_labelled` (its columns chosen); it is not modified.
     """
-    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    if columns is not None and not cols:
-        raise DrmguardError("--columns is empty")
-    if cols and len(set(cols)) != len(cols):
-        raise DrmguardError(f"--columns names a column twice: {columns}")
-    ds = load_dataset(data_spec, columns=cols, progress=not quiet)
+    if isinstance(data_spec, ArrayDataset):
+        ds = copy.copy(data_spec)
+        data_spec = "the data"
+    else:
+        ds = load_labelled(data_spec, columns, quiet)
     if len(ds) < min_samples:
         raise DrmguardError(f"{data_spec} has {len(ds)} labelled images; at least {min_samples} "
                             "are needed")
@@ -155,7 +174,7 @@ def load_data_for_model(data_spec: str, model: RegressionModel, task: Optional[s
     if multiple_of and (h % multiple_of or w % multiple_of):
         raise DrmguardError(f"the model's input size {h}×{w} must be divisible by {multiple_of}")
     t = resolve_task(task, error, model.num_outputs, meta, ds)
-    ds = ds.resized(model.input_size)
+    ds = copy.copy(ds.resized(model.input_size))
     ds.task = t.name
     if t.name != "generic":
         ds.target_names = list(t.target_names)

@@ -60,7 +60,7 @@ GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "units", "l1", "benign", "generat
 
 def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int,
                  profile: str = "cpu", groups: list[str] | None = None,
-                 cache_dir: str = ".drmguard-cache", out_dir: str = "results",
+                 cache_dir: str | None = None, out_dir: str = "results",
                  command: str = "", progress: bool = True, rescan: bool = False) -> dict:
     groups = groups or ["fsrt", "mtr", "lambda3", "benign"]
     rows = []

@@ -150,7 +150,7 @@ def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> l
 
 def plan_identification(task: str, attacks: list[str], n_benign: int,
                         n_backdoored: int | dict[str, int], profile: str = "cpu",
-                        defenses: list[str] | None = None, cache_dir: str = ".drmguard-cache",
+                        defenses: list[str] | None = None, cache_dir: str | None = None,
                         arch: str | None = None, overrides: dict | None = None,
                         benign_limit: int | None = None, rescan: bool = False) -> dict:
     """What :func:`run_identification` would do with this cache, without doing it: the models
@@ -166,7 +166,7 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
 def run_identification(task: str, attacks: list[str], n_benign: int,
                        n_backdoored: int | dict[str, int],
                        profile: str = "cpu", defenses: list[str] | None = None,
-                       cache_dir: str = ".drmguard-cache", out_dir: str = "results",
+                       cache_dir: str | None = None, out_dir: str = "results",
                        arch: str | None = None, overrides: dict | None = None,
                        benign_limit: int | None = None, name: str | None = None,
                        command: str = "", progress: bool = True,

@@ -61,7 +61,7 @@ def mitigation_specs(task: str, profile: str, attacks: list[str],
 
 def plan_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
                     profile: str = "cpu",
-                    mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
+                    mitigations: list[str] | None = None, cache_dir: str | None = None,
                     arch: str | None = None, rescan: bool = False) -> dict:
     """What :func:`run_mitigation` would do with this cache, without doing it (see
     :meth:`Zoo.plan`). A DRMGuard mitigation whose identification scan the zoo keeps is
@@ -74,7 +74,7 @@ def plan_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str,
 
 def run_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
                    profile: str = "cpu",
-                   mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
+                   mitigations: list[str] | None = None, cache_dir: str | None = None,
                    out_dir: str = "results", arch: str | None = None, name: str | None = None,
                    command: str = "", progress: bool = True, rescan: bool = False) -> dict:
     """Mitigation table on a zoo; ``rescan`` recomputes cached runs that other code made

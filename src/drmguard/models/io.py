@@ -53,7 +53,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
-from ..errors import DrmguardError, first_line
+from ..errors import DrmguardError, MissingInputSize, first_line
 from ..tasks import Task, get_task
 from .registry import ARCHS, build_model
 from .split import RegressionModel
@@ -319,7 +319,7 @@ def _geometry(size, mean, std, file_info: dict, source: str, notes: list[str],
     if parsed is None and file_info.get("input_size"):
         parsed = (file_info.get("in_channels"), *[int(v) for v in file_info["input_size"]])
     if parsed is None:
-        raise DrmguardError(f"{source} does not record its input size; {need_size}")
+        raise MissingInputSize(f"{source} does not record its input size; {need_size}")
     c, h, w = parsed
     c = c or file_info.get("in_channels")
     if mean is None and std is None and file_info.get("mean") is not None:
