@@ -9,12 +9,11 @@ Cleanse's mask norm) reports its negation as ``score`` and the raw value in ``de
 from __future__ import annotations
 
 import copy
-import importlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Protocol
 
 from ..data.base import ArrayDataset
-from ..errors import DrmguardError
+from ..registry import Lazy, Registry
 from ..models.split import RegressionModel
 from ..tasks import Task
 
@@ -51,34 +50,24 @@ class Mitigator(Protocol):
                  seed: int = 0, progress: bool = True) -> tuple[RegressionModel, dict]: ...
 
 
-# name -> "module:factory"; factories take (profile: str, task: str, **overrides).
-DETECTORS = {
-    "drmguard": "drmguard.defenses.drmguard:make_detector",
-    "nc": "drmguard.defenses.neural_cleanse:make_detector",
-    "featurere": "drmguard.defenses.featurere:make_detector",
-}
-MITIGATORS = {
-    "drmguard": "drmguard.defenses.drmguard:make_mitigator",
-    "ft": "drmguard.defenses.finetune:make_mitigator",
-    "fp": "drmguard.defenses.fine_pruning:make_mitigator",
-    "anp": "drmguard.defenses.anp:make_mitigator",
-}
-
-
-def _make(table: dict, kind: str, name: str, profile: str, task: str, **overrides):
-    if name not in table:
-        raise DrmguardError(f"unknown {kind} '{name}' (choose {', '.join(table)})")
-    module, _, factory = table[name].partition(":")
-    return getattr(importlib.import_module(module), factory)(profile=profile, task=task,
-                                                             **overrides)
+# name -> factory (profile: str, task: str, **overrides), imported on first use.
+DETECTORS: Registry = Registry("detector")
+DETECTORS.register("drmguard", Lazy("drmguard.defenses.drmguard:make_detector"))
+DETECTORS.register("nc", Lazy("drmguard.defenses.neural_cleanse:make_detector"))
+DETECTORS.register("featurere", Lazy("drmguard.defenses.featurere:make_detector"))
+MITIGATORS: Registry = Registry("mitigator")
+MITIGATORS.register("drmguard", Lazy("drmguard.defenses.drmguard:make_mitigator"))
+MITIGATORS.register("ft", Lazy("drmguard.defenses.finetune:make_mitigator"))
+MITIGATORS.register("fp", Lazy("drmguard.defenses.fine_pruning:make_mitigator"))
+MITIGATORS.register("anp", Lazy("drmguard.defenses.anp:make_mitigator"))
 
 
 def get_detector(name: str, profile: str = "cpu", task: str = "gaze", **overrides) -> Detector:
-    return _make(DETECTORS, "detector", name, profile, task, **overrides)
+    return DETECTORS.get(name)(profile=profile, task=task, **overrides)
 
 
 def get_mitigator(name: str, profile: str = "cpu", task: str = "gaze", **overrides) -> Mitigator:
-    return _make(MITIGATORS, "mitigator", name, profile, task, **overrides)
+    return MITIGATORS.get(name)(profile=profile, task=task, **overrides)
 
 
 def resolved_config(defense, task: Task | str) -> dict:
