@@ -4,7 +4,6 @@ contract tests over every registered entry (issue 19)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from drmguard.attacks import ATTACKS, attack_class, make_attack
 from drmguard.data import DATASETS
 from drmguard.data.base import ArrayDataset
 from drmguard.defenses import DETECTORS, MITIGATORS, Detection, get_detector, get_mitigator
-from drmguard.defenses.base import resolved_config
+from drmguard.defenses.base import Defence, resolved_config
 from drmguard.errors import DrmguardError
 from drmguard.models import ARCHS, RegressionModel, build_model, list_models
 from drmguard.profiles import PROFILES, get_profile, list_profiles
@@ -94,11 +93,12 @@ def test_every_defence_builds_for_every_profile_and_task(kind, name, profile, ta
     assert d.name == name
     t = get_task(task, 2) if task == "generic" else get_task(task)
     cfg = d.config_for(t)
+    assert isinstance(d, Defence) and isinstance(cfg, d.config_class)
     # the resolved settings are JSON and build the same config back
     text = json.dumps(resolved_config(d, t), sort_keys=True)
-    back = type(cfg)(**json.loads(text))
-    d1 = back.to_dict() if hasattr(back, "to_dict") else asdict(back)
-    assert json.dumps(d1, sort_keys=True) == text
+    back = d.config_from_dict(json.loads(text))
+    assert back == cfg and json.dumps(d.config_dict(back), sort_keys=True) == text
+    assert (kind == "detector") == d.can_detect() or d.can_detect()
     with pytest.raises(DrmguardError, match="unknown"):
         make(name, profile, task, no_such_option=1)
 
@@ -141,3 +141,83 @@ def test_every_mitigator_returns_a_repaired_copy(name):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
     with torch.no_grad():
         assert fixed(torch.rand(2, 3, 16, 16)).shape == (2, 2)
+
+
+# --- the Defence base class ------------------------------------------------------------------
+def test_defaults_resolved_in_one_place_and_options_checked(monkeypatch):
+    from dataclasses import replace
+
+    from drmguard.defenses.neural_cleanse import NeuralCleanseR
+
+    d = get_detector("nc", "tiny", "headpose", epochs=3)
+    assert d.config.grid_size == 3 and d.config.epochs == 3  # task default, then overrides
+    assert d.config_for("gaze").grid_size == 3  # tiny's own grid (3), epochs still overridden
+    assert get_detector("nc", "cpu", "gaze").config.grid_size == 5
+    assert d.set_params(patience=4) is d and d.config.patience == 4 and d.config.epochs == 3
+    with pytest.raises(DrmguardError, match=r"unknown option\(s\) bogus for Neural Cleanse"):
+        d.set_params(bogus=1)
+    assert d.config.patience == 4  # a refused change leaves the defence as it was
+    # a profile registered later: every defence runs it with its dataclass defaults
+    monkeypatch.setitem(PROFILES, "laptop", replace(get_profile("cpu"), name="laptop"))
+    assert get_detector("nc", "laptop", "gaze").config.epochs == NeuralCleanseR.config_class().epochs
+    with pytest.raises(DrmguardError, match="unknown profile"):
+        get_mitigator("ft", "huge", "gaze")
+
+
+@pytest.mark.parametrize("name", ["nc", "featurere"])
+def test_the_baselines_success_tolerance_is_not_drmguards_tau(name):
+    d = get_detector(name, "tiny", "gaze", success_tolerance=3.0)
+    assert d.config.success_tolerance == 3.0 and not hasattr(d.config, "tau")
+    old = get_detector(name, "tiny", "gaze", tau=3.0)  # the earlier spelling still works
+    assert old.config == d.config
+    # ... and is still the key the value is stored under (cache keys, result records)
+    stored = resolved_config(d, "gaze")
+    assert stored["tau"] == 3.0 and "success_tolerance" not in stored
+    assert get_detector("drmguard", "tiny", "gaze").config.tau == pytest.approx(0.03)
+
+
+def test_results_are_returned_not_kept():
+    model, ds = _tiny()
+    d = get_detector("nc", "tiny", "generic", epochs=2)
+    det = d.detect(model, ds, get_task("generic", 2), progress=False)
+    assert det.result is not None and det.result.mask.shape == (16, 16)
+    assert not hasattr(d, "last_result")
+
+
+def test_capabilities():
+    model, ds = _tiny()
+    with pytest.raises(DrmguardError, match="not a detector"):
+        get_mitigator("ft", "tiny", "generic").detect(model, ds, get_task("generic", 2))
+    with pytest.raises(DrmguardError, match="not a mitigation"):
+        get_detector("nc", "tiny", "generic").mitigate(model, ds, get_task("generic", 2))
+
+
+def test_drmguard_mitigation_reuses_a_prior_detection():
+    model, ds = _tiny()
+    task = get_task("generic", 2)
+    d = get_detector("drmguard", "tiny", "generic", steps=4, ft_epochs=1, device="cpu")
+    det = d.detect(model, ds, task, seed=0, progress=False)
+    a, info_a = d.mitigate(model, ds, task, seed=0, progress=False, prior=det)
+    b, info_b = d.mitigate(model, ds, task, seed=0, progress=False)
+    assert info_a["scan_reused"] and not info_b["scan_reused"]
+    assert info_a["scan"]["R"] == info_b["scan"]["R"]  # the same scan, run once less
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_detection_saves_its_artifacts(tmp_path):
+    model, ds = _tiny()
+    d = get_detector("drmguard", "tiny", "generic", steps=4, device="cpu")
+    det = d.detect(model, ds, get_task("generic", 2), progress=False)
+    written = det.save_artifacts(lambda suffix: tmp_path / f"run{suffix}")
+    assert written == [tmp_path / "run.trigger.safetensors"] and written[0].exists()
+    back = d.load_prior(lambda suffix: tmp_path / f"run{suffix}", model, d.config)
+    assert back.result.r_score == det.result.r_score and back.score == det.score
+    nc = get_detector("nc", "tiny", "generic", epochs=2).detect(
+        model, ds, get_task("generic", 2), progress=False)
+    assert nc.save_artifacts(lambda suffix: tmp_path / f"nc{suffix}") == []
+
+
+def test_the_zoo_takes_the_number_of_targets_from_the_attack():
+    assert ATTACKS.get("multi_wanet").num_targets == 2
+    assert all(ATTACKS.get(n).num_targets == 1 for n in ATTACKS.list() if n != "multi_wanet")

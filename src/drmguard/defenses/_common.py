@@ -1,21 +1,20 @@
 """Helpers shared by the regression-generalised baselines (Neural Cleanse-R, FeatureRE-R, ANP,
 Fine-pruning, Fine-tuning).
 
-- per-profile configuration dataclasses with checked overrides (:func:`build_config`);
 - the regression analogue of "attack success": an output within τ of the target vector
   (:func:`success_tolerance`, :func:`hits`);
 - label statistics used to put the target vector y_t and the loss on a task-free scale;
 - the spatial feature map that feeds the global pooling (:class:`SpatialTap`), read and
   optionally replaced in the forward pass;
 - a held-out split of the benign set, clean error, and a plain fine-tuning loop.
+
+Configurations, input checks, copies and devices are the :class:`~.base.Defence` base class's.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from contextlib import contextmanager
-from dataclasses import fields
 from typing import Callable
 
 import numpy as np
@@ -27,37 +26,11 @@ from ..errors import DrmguardError
 from ..models.split import RegressionModel
 from ..tasks import Task
 from ..training import batches, predict
-from ..utils import progress_bar, resolve_device, seed_everything
+from ..utils import progress_bar, seed_everything
 
 # Success tolerance τ (in the task's error units) for "the output reached the target vector".
 DEFAULT_TAU = {"gaze": 5.0, "headpose": 5.0}  # degrees: angular error / mean abs. error
 GENERIC_TAU_STD_FRACTION = 0.25  # generic tasks: τ = this × mean per-component label std
-
-
-# --- configuration --------------------------------------------------------------------------
-class ConfiguredDefence:
-    """A baseline defence: its resolved settings in ``config`` (a dataclass), the same for every
-    task; ``last_result`` keeps the most recent run's details where a defence records them."""
-
-    def __init__(self, config):
-        self.config = config
-        self.last_result = None
-
-    def config_for(self, task: Task):
-        return self.config
-
-
-def build_config(cls, defaults: dict[str, dict], profile: str, overrides: dict, what: str):
-    """``cls(**defaults[profile], **overrides)``; unknown profiles or options raise."""
-    if profile not in defaults:
-        raise DrmguardError(f"unknown profile '{profile}' for {what} "
-                            f"(choose {', '.join(defaults)})")
-    names = {f.name for f in fields(cls)}
-    bad = sorted(set(overrides) - names)
-    if bad:
-        raise DrmguardError(f"unknown option(s) {', '.join(bad)} for {what} "
-                            f"(valid: {', '.join(sorted(names))})")
-    return cls(**{**defaults[profile], **overrides})
 
 
 def check(cond: bool, message: str) -> None:
@@ -77,26 +50,6 @@ def check_inputs(model: RegressionModel, benign: ArrayDataset, task: Task, min_s
     check(benign.image_size == model.input_size and benign.channels == model.in_channels,
           f"benign images are {benign.channels}×{benign.image_size} but the model expects "
           f"{model.in_channels}×{model.input_size}")
-
-
-def device_of(name: str) -> torch.device:
-    return resolve_device(name)
-
-
-def frozen_copy(model: RegressionModel, device: torch.device) -> RegressionModel:
-    """A deep copy in eval mode with every parameter frozen (the input model is untouched)."""
-    m = copy.deepcopy(model).to(device).eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m
-
-
-def detector_inputs(model: RegressionModel, benign: ArrayDataset, task: Task, config,
-                    seed: int) -> tuple[RegressionModel, ArrayDataset]:
-    """Checked inputs of a detector: a frozen copy of the model on ``config.device`` and D_b
-    subsampled (seeded) to ``config.max_samples``."""
-    check_inputs(model, benign, task)
-    return frozen_copy(model, device_of(config.device)), subsample(benign, config.max_samples, seed)
 
 
 def subsample(ds: ArrayDataset, max_samples: int | None, seed: int) -> ArrayDataset:

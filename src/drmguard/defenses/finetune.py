@@ -10,7 +10,6 @@ error from 4.7° to 9.1° (the model is pushed far from its Adam-trained optimum
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 
@@ -18,6 +17,7 @@ from ..data.base import ArrayDataset
 from ..models.split import RegressionModel
 from ..tasks import Task
 from . import _common as C
+from .base import Defence
 
 
 @dataclass
@@ -38,26 +38,14 @@ class FineTuneConfig:
         C.check(self.epochs >= 0 and self.lr > 0, "epochs must be >= 0 and lr positive")
 
 
-_DEFAULTS = {
-    "tiny": dict(epochs=2),
-    "cpu": dict(epochs=10),
-    "paper": dict(epochs=10),
-}
+class FineTuneMitigator(Defence):
+    name, title, config_class = "ft", "fine-tuning", FineTuneConfig
+    profile_defaults = {"tiny": dict(epochs=2), "cpu": dict(epochs=10), "paper": dict(epochs=10)}
 
-
-def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> FineTuneConfig:
-    return C.build_config(FineTuneConfig, _DEFAULTS, profile, overrides, "fine-tuning")
-
-
-class FineTuneMitigator(C.ConfiguredDefence):
-    name = "ft"
-
-    def mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
-                 progress: bool = True) -> tuple[RegressionModel, dict]:
-        cfg = self.config
-        C.check_inputs(model, benign, task)
+    def _mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, cfg, seed,
+                  progress, prior) -> tuple[RegressionModel, dict]:
         t0 = time.perf_counter()
-        tuned = copy.deepcopy(model).to(C.device_of(cfg.device))
+        tuned = self.working_copy(model, cfg)
         for p in tuned.parameters():
             p.requires_grad_(True)
         err0 = C.clean_error(tuned, benign, task)
@@ -70,5 +58,9 @@ class FineTuneMitigator(C.ConfiguredDefence):
         return tuned.eval().cpu(), info
 
 
+def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> FineTuneConfig:
+    return FineTuneMitigator.resolve(profile, task, **overrides)
+
+
 def make_mitigator(profile: str = "cpu", task: str = "gaze", **overrides) -> FineTuneMitigator:
-    return FineTuneMitigator(make_config(profile, task, **overrides))
+    return FineTuneMitigator(profile, task, **overrides)

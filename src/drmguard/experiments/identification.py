@@ -47,18 +47,42 @@ def trigger_record(zoo: Zoo, spec: ModelSpec, model, attack) -> dict:
     return zoo.cached_run(spec, "attack", "trigger-cost", {}, compute)
 
 
-TRIGGER_SUFFIX = ".trigger.safetensors"  # DRMGuard's reversed trigger beside its detection
+def saved_detection(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dict,
+                    seed: int = 0, device: str | None = None):
+    """The detection that identification ran on ``spec`` with this defence, settings and seed,
+    with the artifacts it kept (DRMGuard: its trigger function), or None when the zoo does not
+    hold it or the defence keeps none. ``device``: where to load them (default: the
+    defence's configured device)."""
+    from dataclasses import replace
+
+    from ..defenses.base import DETECTORS
+
+    if defense not in DETECTORS:
+        return None
+    det, config = detect_config(spec, defense, overrides, None, seed)
+    if not zoo.has_run(spec, "detect", defense, config):
+        return None
+    cfg = det.config_for(spec.task)
+    return det.load_prior(lambda suffix: zoo.artifact_path(spec, "detect", defense, config,
+                                                           suffix),
+                          model, replace(cfg, device=device) if device else cfg)
 
 
-def saved_scan(zoo: Zoo, spec: ModelSpec, model, overrides: dict, seed: int = 0, device="cpu"):
-    """The DRMGuard scan that identification ran on ``spec`` with these settings and seed, with
-    its trigger function, or None when the zoo does not hold it."""
-    from ..defenses.drmguard import ScanResult
+def saved_scan(zoo: Zoo, spec: ModelSpec, model, overrides: dict, seed: int = 0,
+               device: str | None = None):
+    """The DRMGuard scan (a ``ScanResult`` with its trigger function) that identification ran
+    on ``spec`` with these settings and seed, or None (see :func:`saved_detection`)."""
+    d = saved_detection(zoo, spec, model, "drmguard", overrides, seed, device)
+    return None if d is None else d.result
 
-    _, config = detect_config(spec, "drmguard", overrides, None, seed)
-    path = zoo.artifact_path(spec, "detect", "drmguard", config, TRIGGER_SUFFIX)
-    usable = path.exists() and zoo.has_run(spec, "detect", "drmguard", config)
-    return ScanResult.load(path, model, device) if usable else None
+
+def overrides_for(overrides: dict | None, defense: str) -> dict:
+    """A defence's own options out of ``overrides`` = {defence name: {option: value}}; a flat
+    {option: value} (the older spelling, before every defence took options) means DRMGuard's."""
+    overrides = overrides or {}
+    if all(isinstance(v, dict) for v in overrides.values()):
+        return dict(overrides.get(defense, {}))
+    return dict(overrides) if defense == "drmguard" else {}
 
 
 def detect_config(spec: ModelSpec, defense: str, overrides: dict,
@@ -81,8 +105,8 @@ def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dic
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         d = det.detect(model, benign, get_task(spec.task), seed=seed, progress=zoo.progress)
-        if getattr(d.result, "trigger", None) is not None:  # DRMGuard: keep the trigger
-            d.result.save(zoo.artifact_path(spec, "detect", defense, config, TRIGGER_SUFFIX))
+        d.save_artifacts(lambda suffix: zoo.artifact_path(spec, "detect", defense, config,
+                                                          suffix))
         rec = d.to_dict()
         rec["wall_seconds"] = time.perf_counter() - t0
         return rec
@@ -157,8 +181,7 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
     to train and the detections to run, each with the median wall time the cache recorded for
     the same kind of work (None when nothing alike is cached yet)."""
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch)
-    runs = [(spec, d, detect_config(spec, d, (overrides or {}) if d == "drmguard" else {},
-                                    benign_limit)[1])
+    runs = [(spec, d, detect_config(spec, d, overrides_for(overrides, d), benign_limit)[1])
             for spec in specs for d in defenses or ["drmguard"]]
     return Zoo(cache_dir, progress=False, rescan=rescan).plan(specs, "detect", runs)
 
@@ -183,8 +206,7 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
         att = attack_record(zoo, spec, model, attack, meta)
         real = trigger_record(zoo, spec, model, attack)
         for d in defenses:
-            det = detect_record(zoo, spec, model, d, (overrides or {}) if d == "drmguard" else {},
-                                benign_limit)
+            det = detect_record(zoo, spec, model, d, overrides_for(overrides, d), benign_limit)
             records.append({
                 "model": spec.label(), "key": spec.key(), "attack": spec.attack,
                 "seed": spec.seed, "defense": d, "score": det["score"],

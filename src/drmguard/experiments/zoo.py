@@ -140,10 +140,10 @@ class Zoo:
                                           prof.train_config(spec.task, spec.seed), arch_kwargs,
                                           progress=self.progress, desc=spec.label())
         else:
-            from ..attacks import attack_train_config, make_attack
+            from ..attacks import attack_class, attack_train_config, make_attack
 
             opts = dict(spec.attack_options)
-            n_targets = int(opts.pop("n_targets", 2 if spec.attack == "multi_wanet" else 1))
+            n_targets = int(opts.pop("n_targets", attack_class(spec.attack).num_targets))
             targets = draw_target(splits.train.targets, spec.seed, n_targets)
             if n_targets > 1:
                 opts["targets"] = targets

@@ -24,6 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -66,6 +67,13 @@ class ScanResult:
     restarts: list[dict] = field(default_factory=list)
     chosen_restart: int = 0
     trigger: ReversedTrigger | None = field(default=None, repr=False)
+
+    ARTIFACT_SUFFIX: ClassVar[str] = ".trigger.safetensors"  # the trigger beside a cached run
+
+    def save_artifacts(self, path_for) -> list[Path]:
+        """The hook of :meth:`Detection.save_artifacts`: the trigger function (when the result
+        holds one) in the file ``path_for(ARTIFACT_SUFFIX)``."""
+        return [] if self.trigger is None else [self.save(path_for(self.ARTIFACT_SUFFIX))]
 
     def reverse(self, x: torch.Tensor) -> torch.Tensor:
         """The reversed trigger function: images B×C×H×W in [0,1] -> x̃ (no gradients)."""
