@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import DrmguardError, first_line
-from .common import ProfileOpt, QuietOpt, SeedOpt, ensure_new_path, write_json
+from .common import ProfileOpt, QuietOpt, SeedOpt, ensure_new_path, flag_names, write_json
 
 from . import model_opts as mo
 
@@ -17,28 +17,17 @@ from . import model_opts as mo
 def load_scan_inputs(model_dir: str, data, task_name: str | None, allow_pickle: bool,
                      quiet: bool, arch=None, weights=None, input_size=None, mean=None, std=None,
                      feature_layer=None, error=None, columns=None):
-    """(model, meta, benign set fitted to the model's input, task) for scan and mitigate.
+    """(model, meta, benign set fitted to the model's input, task) for scan and mitigate: the
+    command-line options parsed for :func:`drmguard.api.prepare` (which also takes a model
+    file's missing input size from the data)."""
+    from ..api import prepare
 
-    ``data``: a data spec or the labelled set loaded already (:func:`model_opts.load_labelled`).
-    A model file that does not record its input size (a TorchScript, ONNX or pickled model of
-    your own) takes the size of the data's images: a folder's images all have one size."""
-    from ..errors import MissingInputSize
-
-    try:
-        model, meta = mo.load_model_from_cli(model_dir, allow_pickle, arch, weights,
-                                             input_size, mean, std, feature_layer, task_name)
-    except MissingInputSize:
-        if isinstance(data, str):
-            data = mo.load_labelled(data, columns, quiet)
-        h, w = data.image_size
-        model, meta = mo.load_model_from_cli(model_dir, allow_pickle, arch, weights,
-                                             f"{h},{w}", mean, std, feature_layer, task_name)
-        meta.setdefault("notes", []).insert(
-            0, f"{Path(model_dir).name} does not record its input size: using the data's "
-               f"{h}×{w} (pass --input-size to choose another)")
+    model, meta, ds, task = prepare(
+        model_dir, data, task_name, error=error, columns=columns, progress=not quiet,
+        allow_pickle=allow_pickle, arch=arch or None, weights=weights or None,
+        input_size=input_size or None, mean=mo._floats(mean, "--mean"),
+        std=mo._floats(std, "--std"), feature_layer=feature_layer or None)
     mo.echo_notes(meta, quiet)
-    ds, task = mo.load_data_for_model(data, model, task_name, error, columns, meta=meta,
-                                      quiet=quiet, min_samples=10, multiple_of=8)
     return model, meta, ds, task
 
 
@@ -75,11 +64,8 @@ def expand_models(paths: list[str]) -> list[str]:
     return out
 
 
-def scan_config(profile: str, task: str, tau: float | None, lambda1: float | None,
-                lambda3: float | None):
-    """The profile's calibrated DRMGuard settings with the command-line overrides checked."""
-    from ..defenses.drmguard import default_config
-
+def scan_overrides(tau: float | None, lambda1: float | None, lambda3: float | None) -> dict:
+    """The DRMGuard settings given on the command line, checked."""
     overrides = {}
     for name, value in (("tau", tau), ("lambda1", lambda1), ("lambda3", lambda3)):
         if value is None:
@@ -90,7 +76,15 @@ def scan_config(profile: str, task: str, tau: float | None, lambda1: float | Non
             raise DrmguardError(f"--tau must be below 1 (R is a fraction of the image L1 norm), "
                                 f"got {value}")
         overrides[name] = value
-    return default_config(profile, task, **overrides)
+    return overrides
+
+
+def scan_config(profile: str, task: str, tau: float | None, lambda1: float | None,
+                lambda3: float | None):
+    """The profile's calibrated DRMGuard settings with the command-line overrides checked."""
+    from ..defenses.drmguard import default_config
+
+    return default_config(profile, task, **scan_overrides(tau, lambda1, lambda3))
 
 
 def print_scan(results: list[tuple[str, object]], console=None) -> None:
@@ -150,7 +144,7 @@ def scan_cmd(models: list[str] = typer.Argument(
     Several models (or a folder of them) are scanned one after the other on the same data, with
     one summary table; a model that cannot be read is reported in the table and the command
     then exits with code 2."""
-    from ..defenses.drmguard import scan
+    from .. import api
 
     paths = expand_models(models)
     single = paths == list(models) and len(paths) == 1  # one model, not a folder of them
@@ -163,7 +157,8 @@ def scan_cmd(models: list[str] = typer.Argument(
     if weights is not None and len(paths) > 1:
         raise DrmguardError("--weights names the weights of one model; scan the models one by "
                             "one")
-    cfg = scan_config(profile, task or "gaze", tau, lambda1, lambda3)
+    overrides = scan_overrides(tau, lambda1, lambda3)
+    scan_config(profile, task or "gaze", tau, lambda1, lambda3)  # bad profile: before loading
     labelled = data if single else mo.load_labelled(data, columns, quiet)  # read once
     names = _short_names(paths)
     rows, records = [], []
@@ -175,14 +170,14 @@ def scan_cmd(models: list[str] = typer.Argument(
         except DrmguardError as e:
             if single:
                 raise
-            rows.append((name, {"error": first_line(e)}))
-            records.append({"model": str(path), "data": data, "error": first_line(e)})
+            message = flag_names(first_line(e))
+            rows.append((name, {"error": message}))
+            records.append({"model": str(path), "data": data, "error": message})
             continue
-        if t.name != cfg.task:
-            cfg = scan_config(profile, t.name, tau, lambda1, lambda3)
         if not single and not quiet:
             typer.echo(f"scanning {path} ...", err=True)
-        res = scan(model, ds, t, cfg, seed=seed, progress=not quiet)
+        res = api.scan(model, ds, t.name, profile=profile, seed=seed, progress=not quiet,
+                       **overrides)
         extra = {"model": str(path), "data": data}
         rows.append((name, res))
         records.append({**extra, **res.to_dict()})
@@ -233,7 +228,8 @@ def mitigate_cmd(model_dir: str = typer.Argument(..., help="Model directory or f
                  allow_pickle: bool = mo.AllowPickleOpt, quiet: bool = QuietOpt):
     """Scan (or reuse a saved scan), then fine-tune a copy of the model on D_b ∪ D_r
     (reversed trigger, true labels)."""
-    from ..defenses.drmguard import ScanResult, default_config, mitigate
+    from .. import api
+    from ..defenses.drmguard import ScanResult, default_config
     from ..models.io import model_meta, save_model_any
 
     ensure_new_path(out, "model directory")
@@ -242,8 +238,8 @@ def mitigate_cmd(model_dir: str = typer.Argument(..., help="Model directory or f
                                           columns)
     cfg = default_config(profile, t.name)
     earlier = None if trigger is None else ScanResult.load(trigger, model, cfg.device)
-    new, info = mitigate(model, ds, t, scan_result=earlier, config=cfg, seed=seed,
-                         progress=not quiet)
+    new, info = api.mitigate(model, ds, t.name, profile=profile, seed=seed, prior=earlier,
+                             progress=not quiet)
     new_meta = dict(meta) if meta.get("format") == "drmguard-model" else \
         model_meta(new, str(meta.get("arch") or "unknown"), t)
     new_meta["mitigation"] = {"defense": "drmguard", "source": str(model_dir),
