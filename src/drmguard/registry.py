@@ -12,7 +12,7 @@ that answers an unknown name with one :class:`DrmguardError` listing the choices
 
     ARCHS.get("small")        # the class
     ARCHS.list()              # ["small_resnet", ...]
-    ARCHS.get("nope")         # DrmguardError: unknown architecture 'nope' (choose small_resnet, ...)
+    ARCHS.get("nope")         # DrmguardError: unknown architecture 'nope' (choose ...)
 
 Being a dict, a registry keeps working where the code used the plain dicts before (``name in
 ARCHS``, ``sorted(ATTACKS)``, ``monkeypatch.setitem(PROFILES, ...)``).
