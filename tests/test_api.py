@@ -4,32 +4,19 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
 
 import drmguard
-from drmguard.data import save_folder
-from drmguard.data.base import ArrayDataset
 from drmguard.errors import DrmguardError
-from drmguard.models import RegressionModel, build_model
-from drmguard.models.io import model_meta, save_model
-from drmguard.tasks import GAZE
+from drmguard.models import RegressionModel
+from _files import write_gaze_folder, write_model_dir, write_plain_torchscript
 
 
 @pytest.fixture
 def files(tmp_path):
-    torch.manual_seed(0)
-    m = RegressionModel(build_model("small_resnet", 2, widths=[4, 8]), (16, 16)).eval()
-    save_model(m, tmp_path / "m", model_meta(m, "small_resnet", GAZE, {"widths": [4, 8]}))
-    torch.manual_seed(1)
-    torch.jit.script(build_model("small_resnet", 2, widths=[4, 8]).eval()).save(
-        str(tmp_path / "plain.pt"))
-    g = np.random.default_rng(0)
-    ds = ArrayDataset(g.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8),
-                      g.uniform(-0.3, 0.3, (20, 2)).astype(np.float32), "gaze",
-                      target_names=["yaw", "pitch"])
-    save_folder(ds, tmp_path / "d", progress=False)
+    write_model_dir(tmp_path / "m", 0)
+    write_plain_torchscript(tmp_path / "plain.pt", 1)
+    write_gaze_folder(tmp_path / "d")
     return tmp_path
 
 

@@ -221,3 +221,21 @@ def test_detection_saves_its_artifacts(tmp_path):
 def test_the_zoo_takes_the_number_of_targets_from_the_attack():
     assert ATTACKS.get("multi_wanet").num_targets == 2
     assert all(ATTACKS.get(n).num_targets == 1 for n in ATTACKS.list() if n != "multi_wanet")
+
+
+def test_one_fine_tuning_loop():
+    """The fine-tuning baselines and DRMGuard's mitigation share training.fit; a last batch of
+    one image is a step without an update there (BatchNorm), as before."""
+    from unittest import mock
+
+    from drmguard import training
+    from drmguard.defenses import _common as C
+
+    model, ds = _tiny()
+    ds = ds.subset(range(17))  # batches of 8: 8, 8, 1
+    assert C.fit is training.fit
+    with mock.patch.object(C, "fit", wraps=training.fit) as fit:
+        h = C.finetune(model, ds, get_task("generic", 2), optimizer="sgd", lr=0.01, epochs=2,
+                       batch_size=8, progress=False)
+    assert fit.call_count == 1 and fit.call_args.kwargs["min_batch"] == 2
+    assert h["steps"] == 4 and np.isfinite(h["final_loss"])

@@ -3,22 +3,11 @@ input size, the demo's reports, the report's honest status, one cache default.""
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from drmguard.cli import main
-from drmguard.data import save_folder
-from drmguard.data.base import ArrayDataset
-from drmguard.models import RegressionModel, build_model
-from drmguard.models.io import export_torchscript, model_meta, save_model
 from drmguard.report import write_report
-from drmguard.tasks import GAZE
-
-
-def _model(seed):
-    torch.manual_seed(seed)
-    return RegressionModel(build_model("small_resnet", 2, widths=[4, 8]), (16, 16)).eval()
+from _files import write_gaze_folder, write_model_dir, write_plain_torchscript
 
 
 @pytest.fixture
@@ -28,17 +17,10 @@ def folder(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     for i in (0, 1):
-        m = _model(i)
-        save_model(m, models / f"m{i}", model_meta(m, "small_resnet", GAZE, {"widths": [4, 8]}))
-    torch.manual_seed(2)
-    torch.jit.script(build_model("small_resnet", 2, widths=[4, 8]).eval()).save(
-        str(models / "plain.pt"))
+        write_model_dir(models / f"m{i}", i)
+    write_plain_torchscript(models / "plain.pt", 2)
     (models / "README.txt").write_text("not a model")
-    g = np.random.default_rng(0)
-    ds = ArrayDataset(g.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8),
-                      g.uniform(-0.3, 0.3, (20, 2)).astype(np.float32), "gaze",
-                      target_names=["yaw", "pitch"])
-    save_folder(ds, tmp_path / "d", progress=False)
+    write_gaze_folder(tmp_path / "d")
     return tmp_path
 
 

@@ -13,7 +13,6 @@ Configurations, input checks, copies and devices are the :class:`~.base.Defence`
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Callable
 
@@ -25,8 +24,8 @@ from ..data.base import ArrayDataset
 from ..errors import DrmguardError
 from ..models.split import RegressionModel
 from ..tasks import Task
-from ..training import batches, predict
-from ..utils import progress_bar, seed_everything
+from ..training import TrainConfig, batches, fit, predict
+from ..utils import progress_bar
 
 # Success tolerance τ (in the task's error units) for "the output reached the target vector".
 DEFAULT_TAU = {"gaze": 5.0, "headpose": 5.0}  # degrees: angular error / mean abs. error
@@ -228,47 +227,22 @@ def finetune(model: RegressionModel, ds: ArrayDataset, task: Task, *, optimizer:
              progress: bool = True, desc: str = "fine-tune",
              after_step: Callable[[], None] | None = None) -> dict:
     """Fine-tune ``model`` in place on ``ds`` with the L1 loss to the true labels (train mode,
-    BN statistics updated). With ``normalise_loss`` each component's error is divided by the
-    label std of ``ds``, so SGD learning rates mean the same for radians and degrees."""
+    BN statistics updated), through the one training loop :func:`drmguard.training.fit` (that
+    of DRMGuard's mitigation too). With ``normalise_loss`` each component's error is divided by
+    the label std of ``ds``, so SGD learning rates mean the same for radians and degrees;
+    batches of one image are skipped (BatchNorm)."""
     check(epochs >= 0, f"epochs must be >= 0, got {epochs}")
     check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    check(schedule in ("cosine", "none"), f"unknown schedule '{schedule}' (cosine or none)")
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        raise DrmguardError(f"unknown optimizer '{optimizer}' (adam or sgd)")
-    steps_per_epoch = max(1, math.ceil(len(ds) / batch_size))
-    total = epochs * steps_per_epoch
-    if schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
-    elif schedule == "none":
-        sched = None
-    else:
-        raise DrmguardError(f"unknown schedule '{schedule}' (cosine or none)")
     scale = label_stats(ds)[1].to(device) if normalise_loss else None
-    g = seed_everything(seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      schedule=schedule, device=str(device), seed=seed)
     losses: list[float] = []
-    model.train()
-    bar = progress_bar(total=total, desc=desc, enabled=progress)
-    for _ in range(epochs):
-        for x, y in batches(ds, batch_size, g):
-            if len(x) < 2:  # BatchNorm needs two samples in train mode
-                continue
-            loss = scaled_l1(model(x.to(device)), y.to(device), scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if after_step is not None:
-                after_step()
-            losses.append(float(loss.detach()))
-            bar.update(1)
-    bar.close()
-    model.eval()
+    fit(model, ds, task, cfg, loss_fn=lambda m, x, y: scaled_l1(m(x), y, scale),
+        progress=progress, desc=desc, params=[p for p in model.parameters() if p.requires_grad],
+        optimizer=optimizer, momentum=momentum, min_batch=2, after_step=after_step,
+        losses=losses)
     return {"steps": len(losses), "final_loss": float(np.mean(losses[-10:])) if losses else None}
 
 
