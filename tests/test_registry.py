@@ -71,13 +71,17 @@ def test_every_architecture_builds_a_k_output_model(name):
 
 
 @pytest.mark.parametrize("name", ATTACKS.list())
-def test_every_attack_builds_from_the_registry(name):
-    if name == "custom":  # needs the user's trigger image
-        pytest.skip("custom needs a trigger image (tested in test_attacks)")
+def test_every_attack_builds_from_the_registry(name, tmp_path):
+    from PIL import Image
+
     cls = ATTACKS.get(name)
     assert cls.name == name and cls.num_targets >= 1
     target = [[0.1, -0.1]] * cls.num_targets if cls.num_targets > 1 else [0.1, -0.1]
-    attack = make_attack(name, target, task="gaze", image_size=16, profile="tiny")
+    options = {}
+    if name == "custom":  # the user's trigger image
+        Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "patch.png")
+        options = {"patch": str(tmp_path / "patch.png")}
+    attack = make_attack(name, target, task="gaze", image_size=16, profile="tiny", **options)
     x = torch.rand(3, 3, 16, 16)
     y = attack.apply(x)
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
@@ -239,3 +243,27 @@ def test_one_fine_tuning_loop():
                        batch_size=8, progress=False)
     assert fit.call_count == 1 and fit.call_args.kwargs["min_batch"] == 2
     assert h["steps"] == 4 and np.isfinite(h["final_loss"])
+
+
+def test_the_real_trigger_is_measured_by_a_defence_that_can():
+    """identification's "real R" comes from a requested defence's trigger_cost hook (DRMGuard),
+    under the cache name it always had; no defence that measures triggers, no measurement."""
+    from types import SimpleNamespace
+
+    from drmguard.experiments.identification import trigger_record
+    from drmguard.experiments.zoo import ModelSpec
+
+    model, ds = _tiny()
+    names = []
+
+    def cached_run(spec, kind, name, config, compute):
+        names.append((kind, name, config))
+        return compute()
+
+    zoo = SimpleNamespace(splits=lambda spec: SimpleNamespace(benign=ds), cached_run=cached_run)
+    attack = SimpleNamespace(apply=lambda x: x.clamp(0.2, 0.8))
+    spec = ModelSpec("gaze", "tiny", "badnets", 0)
+    assert trigger_record(zoo, spec, model, attack, ["nc", "featurere"]) == {}
+    rec = trigger_record(zoo, spec, model, attack, ["nc", "drmguard"])
+    assert names == [("attack", "trigger-cost", {})] and rec["R"] > 0
+    assert trigger_record(zoo, spec, model, None, ["drmguard"]) == {}

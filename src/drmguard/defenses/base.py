@@ -81,6 +81,9 @@ class Defence:
     option_aliases: ClassVar[dict[str, str]] = {}
     stored_names: ClassVar[dict[str, str]] = {}
     min_samples: ClassVar[int] = 2
+    # a defence that can measure a given trigger the way its rule would (DRMGuard: R and the
+    # collapse of the real trigger) names the cached record of that measurement here
+    trigger_cost_run: ClassVar[str | None] = None
 
     def __init__(self, profile: str = "cpu", task: str = "gaze", **overrides):
         self.profile, self.task = profile, task.name if isinstance(task, Task) else task
@@ -207,6 +210,11 @@ class Defence:
         raise NotImplementedError
 
     def _mitigate(self, model, benign, task, cfg, seed, progress, prior):
+        raise NotImplementedError
+
+    def trigger_cost(self, model, images: torch.Tensor, trigger) -> dict:
+        """What this defence's rule sees in ``trigger`` (a function x -> x') applied to the
+        benign ``images``; only for a defence with ``trigger_cost_run``."""
         raise NotImplementedError
 
     # --- artifacts kept beside a cached detection (experiments) -----------------------------

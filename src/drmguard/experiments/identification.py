@@ -32,19 +32,24 @@ def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
     return zoo.cached_run(spec, "attack", "metrics", {}, compute)
 
 
-def trigger_record(zoo: Zoo, spec: ModelSpec, model, attack) -> dict:
-    """R, change per pixel and collapse ratio of the attack's *own* trigger on the zoo's D_b
-    (cached; empty for a benign model): what DRMGuard's rule would see had its search found
-    exactly the real trigger."""
+def trigger_record(zoo: Zoo, spec: ModelSpec, model, attack,
+                   defenses: list[str] = ("drmguard",)) -> dict:
+    """What the first of ``defenses`` that measures triggers (:meth:`Defence.trigger_cost`;
+    DRMGuard: R, change per pixel and collapse ratio) sees in the attack's *own* trigger on the
+    zoo's D_b (cached; empty for a benign model, or when no such defence is requested): what
+    its rule would see had its search found exactly the real trigger."""
+    from ..defenses.base import DETECTORS
+
     if attack is None:
         return {}
-
-    def compute():
-        from ..defenses.drmguard.identify import trigger_statistics
-
-        benign = zoo.splits(spec).benign
-        return trigger_statistics(model, benign.tensors()[0], attack.apply)
-    return zoo.cached_run(spec, "attack", "trigger-cost", {}, compute)
+    for name in defenses:
+        det = get_detector(name, spec.profile, spec.task) if name in DETECTORS else None
+        if det is not None and det.trigger_cost_run is not None:
+            def compute(det=det):
+                return det.trigger_cost(model, zoo.splits(spec).benign.tensors()[0],
+                                        attack.apply)
+            return zoo.cached_run(spec, "attack", det.trigger_cost_run, {}, compute)
+    return {}
 
 
 def saved_detection(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dict,
@@ -204,7 +209,7 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     for spec in progress_bar(specs, desc="models", enabled=progress):
         model, attack, meta = zoo.model(spec)
         att = attack_record(zoo, spec, model, attack, meta)
-        real = trigger_record(zoo, spec, model, attack)
+        real = trigger_record(zoo, spec, model, attack, defenses)
         for d in defenses:
             det = detect_record(zoo, spec, model, d, overrides_for(overrides, d), benign_limit)
             records.append({

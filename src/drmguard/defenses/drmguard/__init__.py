@@ -40,6 +40,13 @@ class DRMGuard(Defence):
     profile_defaults = PROFILE_DEFAULTS
     task_defaults = TASK_DEFAULTS
     profile_task_defaults = PROFILE_TASK_DEFAULTS
+    trigger_cost_run = "trigger-cost"
+
+    def trigger_cost(self, model, images, trigger) -> dict:
+        """R, change per pixel and collapse ratio of ``trigger`` on ``images``."""
+        from .identify import trigger_statistics
+
+        return trigger_statistics(model, images, trigger)
 
     def check_inputs(self, model, benign: ArrayDataset, task: Task) -> None:
         check_scan_inputs(model, benign, task)
