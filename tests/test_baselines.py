@@ -149,7 +149,7 @@ def test_nc_optimise_contract(hand):
     det = get_detector("nc", "tiny", "generic", epochs=40)
     r = det.detect(model, benign, TASK, seed=0, progress=False)
     assert unchanged(model, before)
-    res = det.last_result
+    res = r.result  # the reversed mask and pattern come back with the detection
     assert res.mask.shape == (S, S) and res.pattern.shape == (3, S, S)
     assert 0 <= res.mask.min() and res.mask.max() <= 1
     assert r.details["found"]
@@ -184,7 +184,7 @@ def test_featurere_contract_and_constraints(planted):
     assert unchanged(model, before)
     d = r.details
     assert d["feature_map"] == "input of 'pool'" and d["feature_shape"] == [32, 4, 4]
-    assert det.last_result.mask.shape == (32, 4, 4)
+    assert r.result.mask.shape == (32, 4, 4)
     assert r.score == pytest.approx(-d["best_mixed"]) and r.threshold == pytest.approx(0.75)
     assert r.backdoored == (d["best_mixed"] < -0.75)
     # the penalties drive the constraints: the mask shrinks from ≈0.88·numel towards 3%

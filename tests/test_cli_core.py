@@ -55,11 +55,18 @@ def test_usage_error_exit_2(capsys):
 
 
 def test_demo_tiny_trains_once_then_reuses_the_cached_models(tmp_path, capsys):
-    args = ["demo", "--profile", "tiny", "--cache", str(tmp_path / "zoo"), "-q"]
+    args = ["demo", "--profile", "tiny", "--cache", str(tmp_path / "zoo"), "-q", "--report",
+            str(tmp_path / "rep")]
     code, out, err = run(args, capsys)
     assert code == 0, err
     assert "training the benign demo model" in out and "training the badnets" in out
     assert "DRMGuard scan" in out and "mitigation" in out
+    # the reports of both scans, with the pictures of the reversed trigger, and their paths
+    for sub in ("backdoored", "benign"):
+        page = tmp_path / "rep" / sub / "index.html"
+        assert page.exists() and str(page) in out.replace("\n", "")
+        assert (tmp_path / "rep" / sub / "img" / "reversed_0.png").exists()
+    assert "recorded target" in (tmp_path / "rep" / "backdoored" / "index.html").read_text()
     models = sorted(p.name for p in (tmp_path / "zoo" / "models").iterdir())
     assert len(models) == 2
     code, out, err = run(args, capsys)

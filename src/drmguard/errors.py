@@ -5,6 +5,10 @@ class DrmguardError(Exception):
     """Bad input or an unusable configuration, explained in one line."""
 
 
+class MissingInputSize(DrmguardError):
+    """A model file that does not record its input size, and no size was given."""
+
+
 def first_line(e: object) -> str:
     """The first line of an exception's text (its type name when the text is empty)."""
     text = str(e).strip()

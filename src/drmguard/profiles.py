@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .errors import DrmguardError
+from .registry import Registry
 from .training import TrainConfig
 
 
@@ -30,25 +30,29 @@ class Profile:
         return replace(self.train.get(task, self.train["generic"]), seed=seed)
 
 
-PROFILES = {
-    "tiny": Profile(
+PROFILES: Registry = Registry("profile")
+for _p in (
+    Profile(
         name="tiny", arch="small_resnet", arch_kwargs={"widths": [8, 16, 32]},
         image_size={"gaze": 32, "headpose": 32, "generic": 32}, n_samples=240, subjects=6,
         train={"generic": TrainConfig(epochs=2, batch_size=32, lr=2e-3)}),
-    "cpu": Profile(
+    Profile(
         name="cpu", arch="small_resnet", arch_kwargs={"widths": [16, 32, 64, 128]},
         image_size={"gaze": 32, "headpose": 32, "generic": 32}, n_samples=6000, subjects=30,
         train={"generic": TrainConfig(epochs=20, batch_size=64, lr=2e-3)}),
-    "paper": Profile(
+    Profile(
         name="paper", arch="resnet18",
         image_size={"gaze": 224, "headpose": 112, "generic": 224}, n_samples=30000, subjects=15,
         train={"gaze": TrainConfig(steps=10000, batch_size=64, lr=1e-4, schedule="none"),
                "headpose": TrainConfig(steps=5000, batch_size=64, lr=1e-4, schedule="none"),
                "generic": TrainConfig(steps=10000, batch_size=64, lr=1e-4, schedule="none")}),
-}
+):
+    PROFILES.register(_p.name, _p)
 
 
 def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        raise DrmguardError(f"unknown profile '{name}' (choose {', '.join(PROFILES)})")
-    return PROFILES[name]
+    return PROFILES.get(name)
+
+
+def list_profiles() -> list[str]:
+    return PROFILES.list()

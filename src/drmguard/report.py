@@ -29,8 +29,8 @@ from PIL import Image
 
 from . import __version__
 from .errors import DrmguardError
+from .schema import SCAN_SCHEMA as SCHEMA
 
-SCHEMA = "drmguard.scan/1"
 MAX_SAMPLES = 8  # images per row of the grid
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f4f5f7;
@@ -42,6 +42,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:0 0 10px}
 margin-bottom:16px}
 .verdict{display:flex;gap:24px;align-items:center;flex-wrap:wrap}
 .badge{font-size:22px;font-weight:700;padding:12px 20px;border-radius:8px;color:#fff}
+.badge-sub{font-size:13px;font-weight:500;margin-top:4px}
 .bad{background:#c62828}.good{background:#2e7d32}.unknown{background:#6b7280}
 .stat{font-size:14px;line-height:1.7}.stat b{font-variant-numeric:tabular-nums}
 table{border-collapse:collapse;font-size:13px}
@@ -156,14 +157,17 @@ def _canonical(result: Mapping) -> dict:
     the trajectory as ``[{"step", "estimate"}]`` (its ``score`` is the detection score, higher =
     more suspicious); the short form writes ``verdict``, ``score`` (= R), ``threshold`` and
     ``[[step, [values]]]``. Both are read; the short names win where both are given.
+
+    The verdict and the status are the scan's own: the page shows them and never recomputes
+    them from R and τ (a search that never collapsed the outputs can have R ≈ 0 and still be no
+    trigger at all).
     """
     r = dict(result)
     cfg = r.get("config") if isinstance(r.get("config"), Mapping) else {}
     if "verdict" not in r and "backdoored" in r:
         r["verdict"] = r["backdoored"]
-    if "R" in r:
-        r["detection_score"] = r.get("score")
-        r["score"] = r["R"]
+    if "R" not in r:  # the short spelling: ``score`` is R
+        r["R"] = r.get("score")
     if "threshold" not in r:
         r["threshold"] = r.get("tau", cfg.get("tau"))
     if r.get("collapse_threshold") is None:
@@ -178,15 +182,34 @@ def _canonical(result: Mapping) -> dict:
 # ------------------------------------------------------------------------------------------
 # Sections
 # ------------------------------------------------------------------------------------------
+STATUS_TEXT = {  # the scan's status -> (badge colour, badge text, explanation)
+    "backdoored": ("bad", "BACKDOOR DETECTED",
+                   "a tiny universal change (R &lt; τ) collapses the outputs to one vector"),
+    "benign": ("good", "No backdoor found",
+               "the outputs collapse only under a large change of the images (R &ge; τ)"),
+    "no cheap trigger found": ("good", "No backdoor found",
+                               "the search never collapsed the outputs, so its R measures no "
+                               "trigger: no cheap trigger was found with these settings"),
+}
+
+
 def _verdict_section(r: Mapping) -> str:
-    verdict = r.get("verdict")
+    verdict, status = r.get("verdict"), r.get("status")
+    known = STATUS_TEXT.get(status) if isinstance(status, str) else None
     if verdict is True:
         cls, label = "bad", "BACKDOOR DETECTED"
     elif verdict is False:
         cls, label = "good", "No backdoor found"
     else:
         cls, label = "unknown", "No verdict"
-    score, tau = r.get("score"), r.get("threshold")
+    collapsed = None  # whether the outputs collapsed, when the record says
+    try:
+        collapsed = float(r["collapse_ratio"]) < float(r["collapse_threshold"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    if status == "no cheap trigger found":
+        collapsed = False
+    score, tau = r.get("R"), r.get("threshold")
     cmp = ""
     try:
         cmp = "&lt;" if float(score) < float(tau) else "&ge;"
@@ -197,10 +220,14 @@ def _verdict_section(r: Mapping) -> str:
         limit = r.get("collapse_threshold")
         lim = f" (outputs collapse when &lt; {_num(limit)})" if limit is not None else ""
         lines.append(f"collapse ratio = <b>{_num(r.get('collapse_ratio'))}</b>{lim}")
-    if r.get("status"):
-        lines.append(f"status: <b>{_e(r.get('status'))}</b>")
-    gauge = _gauge_svg(score, tau)
-    return (f'<section class="card verdict"><div class="badge {cls}">{label}</div>'
+    if status:
+        lines.append(f"status: <b>{_e(status)}</b>")
+    if known is not None and (verdict is True) == (known[0] == "bad"):
+        lines.append(f'<span class="note">{known[2]}</span>')
+    sub = f'<div class="badge-sub">{_e(status)}</div>' if status and \
+        str(status).lower() not in label.lower() else ""
+    gauge = _gauge_svg(score, tau, verdict, collapsed)
+    return (f'<section class="card verdict"><div class="badge {cls}">{label}{sub}</div>'
             f'<div class="stat">{"<br>".join(lines)}</div>{gauge}</section>'
             '<p class="note">R is the size of the change the reversed trigger makes to the '
             "benign images (mean L1 change relative to the largest image's L1 norm; lower = a "
@@ -209,8 +236,10 @@ def _verdict_section(r: Mapping) -> str:
             "the reversed outputs / variance of the benign outputs).</p>")
 
 
-def _gauge_svg(score, tau) -> str:
-    """A horizontal bar: where R lies relative to τ."""
+def _gauge_svg(score, tau, verdict=None, collapsed=None) -> str:
+    """A horizontal bar: where R lies relative to τ. The marker takes the scan's verdict
+    (red: flagged, green: not flagged, grey: no verdict); when the outputs never collapsed,
+    R measures no trigger and the marker is hollow and grey, whatever its position."""
     try:
         s, t = float(score), float(tau)
     except (TypeError, ValueError):
@@ -219,15 +248,21 @@ def _gauge_svg(score, tau) -> str:
         return ""
     top = max(2 * t, 1.15 * s)
     x = lambda v: 10 + 280 * min(v, top) / top  # noqa: E731
-    colour = "#c62828" if s < t else "#2e7d32"
+    colour = "#c62828" if verdict is True else "#2e7d32" if verdict is False else "#6b7280"
+    marker = f'<circle cx="{x(s):.1f}" cy="21" r="7" fill="{colour}"/>'
+    label = "R"
+    if collapsed is False:
+        marker = (f'<circle cx="{x(s):.1f}" cy="21" r="6" fill="#fff" stroke="#6b7280" '
+                  'stroke-width="2"/>')
+        label = "R (no collapse)"
     return (f'<svg width="300" height="48" role="img" aria-label="R vs tau">'
             f'<rect x="10" y="16" width="280" height="10" rx="5" fill="#e5e7eb"/>'
             f'<rect x="10" y="16" width="{x(t) - 10:.1f}" height="10" rx="5" fill="#fde2e2"/>'
             f'<line x1="{x(t):.1f}" y1="8" x2="{x(t):.1f}" y2="34" stroke="#1d2330" '
             f'stroke-width="2"/><text x="{x(t):.1f}" y="46" font-size="11" '
-            f'text-anchor="middle">τ</text>'
-            f'<circle cx="{x(s):.1f}" cy="21" r="7" fill="{colour}"/>'
-            f'<text x="{x(s):.1f}" y="7" font-size="11" text-anchor="middle">R</text></svg>')
+            f'text-anchor="middle">τ</text>{marker}'
+            f'<text x="{max(x(s), 40):.1f}" y="7" font-size="11" text-anchor="middle">{label}'
+            '</text></svg>')
 
 
 def _header(r: Mapping) -> str:
@@ -418,6 +453,8 @@ def render_html(result: Mapping, images: Mapping[str, np.ndarray] | None,
     title = "drmguard scan: " + ("backdoor detected" if result.get("verdict") is True else
                                  "no backdoor found" if result.get("verdict") is False else
                                  "no verdict")
+    if result.get("status") and str(result["status"]) not in title:
+        title += f" ({result['status']})"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{_e(title)}</title><style>{_CSS}</style></head>"

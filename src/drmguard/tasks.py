@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import DrmguardError
+from .registry import Registry
 
 
 def gaze_to_vector(yaw_pitch):
@@ -84,25 +85,36 @@ GAZE = Task("gaze", 2, ("yaw", "pitch"), "rad", "deg")
 HEADPOSE = Task("headpose", 3, ("yaw", "pitch", "roll"), "deg", "deg")
 
 
+def _generic(dim: int | None = None, target_names=None) -> Task:
+    """The generic task with ``dim`` outputs (or one per target name)."""
+    if dim is None and target_names is None:
+        raise DrmguardError("the generic task needs the output dimension")
+    names = tuple(target_names) if target_names else tuple(f"y{i}" for i in range(dim))
+    dim = len(names) if dim is None else int(dim)
+    if dim < 1 or len(names) != dim:
+        raise DrmguardError(f"generic task: {len(names)} target names for {dim} outputs")
+    return Task("generic", dim, names, "", "")
+
+
+# name -> a Task of fixed shape, or a builder (dim, target_names) -> Task
+TASKS: Registry = Registry("task", choices_text="gaze, headpose or generic")
+TASKS.register("gaze", GAZE)
+TASKS.register("headpose", HEADPOSE)
+TASKS.register("generic", _generic)
+
+
 def get_task(name: str, dim: int | None = None, target_names=None) -> Task:
     """Task by name; ``generic`` needs ``dim`` (or target names)."""
-    if name == "gaze":
-        task = GAZE
-    elif name == "headpose":
-        task = HEADPOSE
-    elif name == "generic":
-        if dim is None and target_names is None:
-            raise DrmguardError("the generic task needs the output dimension")
-        names = tuple(target_names) if target_names else tuple(f"y{i}" for i in range(dim))
-        dim = len(names) if dim is None else int(dim)
-        if dim < 1 or len(names) != dim:
-            raise DrmguardError(f"generic task: {len(names)} target names for {dim} outputs")
-        return Task("generic", dim, names, "", "")
-    else:
-        raise DrmguardError(f"unknown task '{name}' (choose gaze, headpose or generic)")
+    task = TASKS.get(name)
+    if not isinstance(task, Task):
+        return task(dim, target_names)
     if dim is not None and int(dim) != task.dim:
         raise DrmguardError(f"task {name} has {task.dim} outputs, got data with {dim}")
     return task
 
 
-TASK_NAMES = ("gaze", "headpose", "generic")
+def list_tasks() -> list[str]:
+    return TASKS.list()
+
+
+TASK_NAMES = tuple(TASKS)

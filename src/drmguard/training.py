@@ -81,8 +81,16 @@ def _scheduler(opt, cfg: TrainConfig, total: int):
 
 def fit(model: RegressionModel, train_set: ArrayDataset, task: Task, cfg: TrainConfig,
         batch_fn: BatchFn | None = None, loss_fn: LossFn | None = None,
-        progress: bool = True, desc: str = "train", params=None) -> dict:
-    """Train ``model`` in place; returns a small history (losses, wall time)."""
+        progress: bool = True, desc: str = "train", params=None, *,
+        optimizer: str = "adam", momentum: float = 0.9, min_batch: int = 1,
+        after_step: Callable[[], None] | None = None, losses: list | None = None) -> dict:
+    """Train ``model`` in place; returns a small history (losses, wall time).
+
+    The one training loop: training, the attacks' poisoned training, DRMGuard's mitigation and
+    the fine-tuning baselines (:func:`drmguard.defenses._common.finetune`). ``optimizer``:
+    ``adam`` or ``sgd`` (with ``momentum``); a batch smaller than ``min_batch`` counts as a
+    step without an update (BatchNorm needs two samples in train mode); ``after_step`` runs
+    after each update; each update's loss is appended to ``losses`` when given."""
     if len(train_set) == 0:
         raise DrmguardError("the training set is empty")
     if train_set.target_dim != model.num_outputs:
@@ -91,14 +99,26 @@ def fit(model: RegressionModel, train_set: ArrayDataset, task: Task, cfg: TrainC
     device = resolve_device(cfg.device)
     g = seed_everything(cfg.seed)
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters() if params is None else params, lr=cfg.lr,
-                           weight_decay=cfg.weight_decay)
+    params = model.parameters() if params is None else params
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=momentum,
+                              weight_decay=cfg.weight_decay)
+    else:
+        raise DrmguardError(f"unknown optimizer '{optimizer}' (adam or sgd)")
     total = cfg.total_steps(len(train_set))
     sched = _scheduler(opt, cfg, total)
-    losses, step, t0 = [], 0, time.perf_counter()
+    losses = [] if losses is None else losses
+    start, step, t0 = len(losses), 0, time.perf_counter()
     bar = progress_bar(total=total, desc=desc, enabled=progress)
     while step < total:
         for x, y in batches(train_set, cfg.batch_size, g):
+            if len(x) < min_batch:
+                step += 1
+                if step >= total:
+                    break
+                continue
             if batch_fn is not None:
                 x, y = batch_fn(x, y, g)
             if cfg.augment:
@@ -110,6 +130,8 @@ def fit(model: RegressionModel, train_set: ArrayDataset, task: Task, cfg: TrainC
             opt.step()
             if sched is not None:
                 sched.step()
+            if after_step is not None:
+                after_step()
             losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
@@ -119,7 +141,8 @@ def fit(model: RegressionModel, train_set: ArrayDataset, task: Task, cfg: TrainC
                 break
     bar.close()
     model.eval()
-    return {"steps": total, "final_loss": float(np.mean(losses[-20:])),
+    mine = losses[start:]
+    return {"steps": total, "final_loss": float(np.mean(mine[-20:])) if mine else None,
             "seconds": time.perf_counter() - t0}
 
 

@@ -63,6 +63,12 @@ def device_layout(model: torch.nn.Module, device: torch.device):
         model.to(memory_format=torch.contiguous_format)
 
 
+def default_cache_dir() -> str:
+    """The cache of model zoos and defence runs: ``$DRMGUARD_CACHE`` when set, else
+    ``.drmguard-cache`` in the current directory (read at call time; every command uses it)."""
+    return os.environ.get("DRMGUARD_CACHE") or ".drmguard-cache"
+
+
 def progress_bar(iterable=None, total=None, desc: str = "", enabled: bool = True, **kw):
     """A tqdm bar that can be silenced (``enabled=False``) or by DRMGUARD_QUIET=1."""
     disable = (not enabled) or os.environ.get("DRMGUARD_QUIET") == "1"

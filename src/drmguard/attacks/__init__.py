@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DrmguardError, first_line
+from ..registry import Registry
 from .adaptive import Adaptive
 from .badnets import BadNets
 from .base import TRIGGER_FILE, Attack, attack_train_config
@@ -34,17 +35,17 @@ from .input_aware import InputAware
 from .sig import SIG
 from .wanet import MultiTargetWaNet, WaNet
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    BadNets, CleanLabel, WaNet, InputAware, Blend, SIG, MultiTargetWaNet, Adaptive, Custom)}
-ALIASES = {"input_aware": "ia", "cl": "clean_label", "multi_target_wanet": "multi_wanet",
-           "blended": "blend", "bad_nets": "badnets"}
+ATTACKS: Registry = Registry("attack", normalise=lambda s: s.lower().replace("-", "_"))
+for _cls, _aliases in ((BadNets, ("bad_nets",)), (CleanLabel, ("cl",)), (WaNet, ()),
+                       (InputAware, ("input_aware",)), (Blend, ("blended",)), (SIG, ()),
+                       (MultiTargetWaNet, ("multi_target_wanet",)), (Adaptive, ()),
+                       (Custom, ())):
+    ATTACKS.register(_cls.name, _cls, aliases=_aliases)
+ALIASES = ATTACKS.aliases  # alias -> name
 
 
 def attack_class(name: str) -> type[Attack]:
-    key = ALIASES.get(str(name).lower().replace("-", "_"), str(name).lower().replace("-", "_"))
-    if key not in ATTACKS:
-        raise DrmguardError(f"unknown attack '{name}' (choose {', '.join(ATTACKS)})")
-    return ATTACKS[key]
+    return ATTACKS.get(name)
 
 
 def make_attack(name: str, target, *, task, image_size, channels: int = 3, seed: int = 0,

@@ -13,6 +13,7 @@ import sys
 import typer
 
 from ..errors import DrmguardError
+from .common import flag_names
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Find and remove backdoors in deep regression models (DRMGuard).")
@@ -24,7 +25,7 @@ for _name in COMMAND_MODULES:
 
 def fail(message: str, code: int = 2) -> int:
     first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
-    print(f"drmguard: error: {first}", file=sys.stderr)
+    print(f"drmguard: error: {flag_names(first)}", file=sys.stderr)
     return code
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +14,17 @@ from ..errors import DrmguardError
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Hide progress bars.")
 SeedOpt = typer.Option(0, "--seed", help="Random seed (same seed, same result).")
 ProfileOpt = typer.Option("cpu", "--profile", help="tiny (tests), cpu (default) or paper (GPU).")
+
+
+_PARAM = re.compile(r"`([a-z][a-z0-9_]*)`(=)?")
+
+
+def flag_names(text: str) -> str:
+    """A library message in the CLI's words: the parameters it names in backquotes become the
+    command's flags (`columns` -> --columns, `task`=generic -> --task generic). The one place
+    where library parameter names meet command-line flags."""
+    return _PARAM.sub(lambda m: "--" + m.group(1).replace("_", "-") + (" " if m.group(2)
+                                                                      else ""), text)
 
 
 def parse_floats(text: str, what: str) -> list[float]:

@@ -15,7 +15,8 @@ from .common import ProfileOpt, QuietOpt
 exp_app = typer.Typer(no_args_is_help=True,
                       help="Rebuild the paper's tables on model zoos (cached and resumable).")
 
-CacheOpt = typer.Option(".drmguard-cache", "--cache", help="Zoo cache directory.")
+CacheOpt = typer.Option(None, "--cache", help="Zoo cache directory (default: $DRMGUARD_CACHE, "
+                                             "else .drmguard-cache).")
 OutOpt = typer.Option("results", "--out", help="Directory for the Markdown + JSON results.")
 TaskOpt = typer.Option("gaze", "--task", help="gaze or headpose (synthetic).")
 

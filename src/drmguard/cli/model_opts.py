@@ -1,4 +1,6 @@
-"""Options shared by every command that takes a model and labelled data (scan, mitigate, eval).
+"""Options shared by every command that takes a model and labelled data (scan, mitigate, eval):
+the flags and their parsing; what they do is the library's (:mod:`drmguard.inputs`,
+:mod:`drmguard.api`).
 
 A command declares the options it needs from the constants below and hands their values to
 :func:`load_model_from_cli` and :func:`load_data_for_model`::
@@ -21,13 +23,12 @@ from typing import Optional
 
 import typer
 
-from ..data import load_dataset
+from .. import inputs
 from ..data.base import ArrayDataset
-from ..errors import DrmguardError
 from ..models.io import load_model
 from ..models.split import RegressionModel
 from ..tasks import TASK_NAMES, Task, get_task
-from .common import parse_floats
+from .common import flag_names, parse_floats
 
 ModelArg = typer.Argument(
     ..., metavar="MODEL",
@@ -60,7 +61,7 @@ AllowPickleOpt = typer.Option(False, "--allow-pickle",
                               help="Allow pickled model files (they can run code: only for "
                                    "files you trust).")
 
-ERRORS = {"angular": "gaze", "mae": None, "l1": None}
+ERRORS = inputs.ERRORS
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -87,76 +88,25 @@ def echo_notes(meta: dict, quiet: bool = False) -> None:
     if quiet:
         return
     for note in meta.get("notes") or []:
-        typer.echo(f"note: {note}", err=True)
+        typer.echo(f"note: {flag_names(note)}", err=True)
 
 
-def resolve_task(task: Optional[str], error: Optional[str], num_outputs: int,
-                 model_meta: dict | None = None, ds: ArrayDataset | None = None) -> Task:
-    """The task from --task / --error, else the model's record, else the data's, else generic."""
-    if error is not None:
-        if error not in ERRORS:
-            raise DrmguardError(f"unknown --error '{error}' (choose angular, mae or l1)")
-        implied = ERRORS[error]
-        if task is not None and implied is not None and task != implied:
-            raise DrmguardError(f"--error {error} means task {implied}, not {task}")
-        if task == "gaze" and implied is None:
-            raise DrmguardError("gaze models are scored by angular error: drop --error or use "
-                                "--error angular")
-        task = task or implied or "generic"
-    if task is None:
-        recorded = (model_meta or {}).get("task") or {}
-        task = recorded.get("name") if isinstance(recorded, dict) else None
-    if task is None and ds is not None and ds.task in TASK_NAMES:
-        task = ds.task
-    task = task or "generic"
-    if task == "generic":
-        names = ds.target_names if ds is not None and ds.target_names and \
-            len(ds.target_names) == num_outputs else None
-        return get_task("generic", dim=num_outputs, target_names=names)
-    t = get_task(task)
-    if t.dim != num_outputs:
-        raise DrmguardError(f"task {t.name} has {t.dim} outputs ({', '.join(t.target_names)}) "
-                            f"but the model outputs {num_outputs}; pass --task generic")
-    return t
+resolve_task = inputs.resolve_task  # the library's (drmguard.inputs); kept here for callers
+parse_columns = inputs.parse_columns
 
 
-def load_data_for_model(data_spec: str, model: RegressionModel, task: Optional[str] = None,
-                        error: Optional[str] = None, columns: Optional[str] = None,
-                        meta: dict | None = None, quiet: bool = False,
-                        min_samples: int = 1, multiple_of: int | None = None
-                        ) -> tuple[ArrayDataset, Task]:
-    """Load labelled images fitted to ``model``: targets selected and checked, images resized.
+def load_labelled(data_spec: str, columns: Optional[str] = None,
+                  quiet: bool = False) -> ArrayDataset:
+    """:func:`drmguard.inputs.load_labelled` with the CLI's ``quiet``."""
+    return inputs.load_labelled(data_spec, columns, progress=not quiet)
 
-    ``columns`` ("yaw,pitch") selects and orders target columns. Checks: the channel count, the
-    target width (= the model's outputs), at least ``min_samples`` images, and optionally an
-    input size divisible by ``multiple_of``. Returns the dataset (task set, images at the model's
-    input size) and the task.
-    """
-    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    if columns is not None and not cols:
-        raise DrmguardError("--columns is empty")
-    if cols and len(set(cols)) != len(cols):
-        raise DrmguardError(f"--columns names a column twice: {columns}")
-    ds = load_dataset(data_spec, columns=cols, progress=not quiet)
-    if len(ds) < min_samples:
-        raise DrmguardError(f"{data_spec} has {len(ds)} labelled images; at least {min_samples} "
-                            "are needed")
-    if ds.channels != model.in_channels:
-        kind = {1: "grayscale", 3: "RGB"}
-        raise DrmguardError(
-            f"the images have {ds.channels} channel(s) ({kind.get(ds.channels, '?')}) but the "
-            f"model takes {model.in_channels} ({kind.get(model.in_channels, '?')}); convert the "
-            "images or pass --input-size C,H,W if the model's channel count was guessed")
-    if ds.target_dim != model.num_outputs:
-        names = ", ".join(ds.target_names or [])
-        raise DrmguardError(f"the data has {ds.target_dim} target(s) ({names}) but the model "
-                            f"outputs {model.num_outputs}; choose them with --columns")
-    h, w = model.input_size
-    if multiple_of and (h % multiple_of or w % multiple_of):
-        raise DrmguardError(f"the model's input size {h}×{w} must be divisible by {multiple_of}")
-    t = resolve_task(task, error, model.num_outputs, meta, ds)
-    ds = ds.resized(model.input_size)
-    ds.task = t.name
-    if t.name != "generic":
-        ds.target_names = list(t.target_names)
-    return ds, t
+
+def load_data_for_model(data_spec: str | ArrayDataset, model: RegressionModel,
+                        task: Optional[str] = None, error: Optional[str] = None,
+                        columns: Optional[str] = None, meta: dict | None = None,
+                        quiet: bool = False, min_samples: int = 1,
+                        multiple_of: int | None = None) -> tuple[ArrayDataset, Task]:
+    """:func:`drmguard.inputs.load_data_for_model` with the CLI's ``quiet``."""
+    return inputs.load_data_for_model(data_spec, model, task, error, columns, meta=meta,
+                                      progress=not quiet, min_samples=min_samples,
+                                      multiple_of=multiple_of)

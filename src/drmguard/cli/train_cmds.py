@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..data import load_dataset
+from .. import inputs
 from ..errors import DrmguardError
 from ..models.io import save_model
 from ..profiles import get_profile
@@ -16,22 +16,12 @@ from . import model_opts as mo
 from .common import ProfileOpt, QuietOpt, SeedOpt, ensure_new_path, write_json
 
 
-def task_for(ds, task_name: str | None):
-    """The task named on the command line, else the one recorded with the data."""
-    name = task_name or ds.task or "generic"
-    return get_task(name, dim=ds.target_dim, target_names=ds.target_names if name == "generic"
-                    else None)
+task_for = inputs.task_for  # the library's (drmguard.inputs); kept here for callers
 
 
 def load_training_data(data: str, task_name: str | None, profile, quiet: bool):
-    ds = load_dataset(data, progress=not quiet)
-    task = task_for(ds, task_name)
-    size = profile.size_for(task.name)
-    if ds.image_size != (size, size) and profile.name != "tiny":
-        ds = ds.resized((size, size))
-    if ds.image_size[0] % 8 or ds.image_size[1] % 8:
-        raise DrmguardError(f"image size {ds.image_size} must be divisible by 8")
-    return ds, task
+    """:func:`drmguard.inputs.load_training_data` with the CLI's ``quiet``."""
+    return inputs.load_training_data(data, task_name, profile, progress=not quiet)
 
 
 def train(data: str = typer.Option(..., help="Training data spec (folder, .npz, name:PATH)."),

@@ -8,20 +8,20 @@ A data spec is one of
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 from ..errors import DrmguardError
+from ..registry import Lazy, Registry
 from .base import ArrayDataset, Splits, split_dataset
 from .formats import load_folder, load_npz, save_folder, save_npz
 
-REAL_DATASETS = {
-    "mpiifacegaze": "mpiifacegaze",
-    "columbiagaze": "columbiagaze",
-    "biwi": "biwi",
-    "pandora": "pandora",
-}
+# name -> the dataset's loader ``load(path, progress=..., **options) -> ArrayDataset``,
+# imported on first use; the native formats (folder, .npz) need no name.
+DATASETS: Registry = Registry("dataset", normalise=str.lower)
+for _name in ("mpiifacegaze", "columbiagaze", "biwi", "pandora"):
+    DATASETS.register(_name, Lazy(f"{__name__}.{_name}:load"))
+REAL_DATASETS = DATASETS
 
 
 def parse_spec(spec: str) -> tuple[str | None, str, dict]:
@@ -38,10 +38,9 @@ def load_dataset(spec: str, columns: list[str] | None = None, task: str | None =
     """Load any supported dataset; optionally select target columns, set the task, resize."""
     name, path, opts = parse_spec(str(spec))
     if name is not None:
-        module = importlib.import_module(f".{REAL_DATASETS[name]}", __name__)
         if size is not None:  # let the loader resize as it reads (full-size frames are large)
             opts.setdefault("size", size)
-        ds = module.load(path, progress=progress, **opts)
+        ds = DATASETS.get(name)(path, progress=progress, **opts)
         if columns:
             names = ds.target_names or []
             missing = [c for c in columns if c not in names]
@@ -69,4 +68,4 @@ def load_dataset(spec: str, columns: list[str] | None = None, task: str | None =
 
 
 __all__ = ["ArrayDataset", "Splits", "split_dataset", "load_dataset", "parse_spec",
-           "load_folder", "load_npz", "save_folder", "save_npz", "REAL_DATASETS"]
+           "load_folder", "load_npz", "save_folder", "save_npz", "REAL_DATASETS", "DATASETS"]

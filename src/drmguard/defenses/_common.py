@@ -1,21 +1,19 @@
 """Helpers shared by the regression-generalised baselines (Neural Cleanse-R, FeatureRE-R, ANP,
 Fine-pruning, Fine-tuning).
 
-- per-profile configuration dataclasses with checked overrides (:func:`build_config`);
 - the regression analogue of "attack success": an output within τ of the target vector
   (:func:`success_tolerance`, :func:`hits`);
 - label statistics used to put the target vector y_t and the loss on a task-free scale;
 - the spatial feature map that feeds the global pooling (:class:`SpatialTap`), read and
   optionally replaced in the forward pass;
 - a held-out split of the benign set, clean error, and a plain fine-tuning loop.
+
+Configurations, input checks, copies and devices are the :class:`~.base.Defence` base class's.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from contextlib import contextmanager
-from dataclasses import fields
 from typing import Callable
 
 import numpy as np
@@ -26,38 +24,12 @@ from ..data.base import ArrayDataset
 from ..errors import DrmguardError
 from ..models.split import RegressionModel
 from ..tasks import Task
-from ..training import batches, predict
-from ..utils import progress_bar, resolve_device, seed_everything
+from ..training import TrainConfig, batches, fit, predict
+from ..utils import progress_bar
 
 # Success tolerance τ (in the task's error units) for "the output reached the target vector".
 DEFAULT_TAU = {"gaze": 5.0, "headpose": 5.0}  # degrees: angular error / mean abs. error
 GENERIC_TAU_STD_FRACTION = 0.25  # generic tasks: τ = this × mean per-component label std
-
-
-# --- configuration --------------------------------------------------------------------------
-class ConfiguredDefence:
-    """A baseline defence: its resolved settings in ``config`` (a dataclass), the same for every
-    task; ``last_result`` keeps the most recent run's details where a defence records them."""
-
-    def __init__(self, config):
-        self.config = config
-        self.last_result = None
-
-    def config_for(self, task: Task):
-        return self.config
-
-
-def build_config(cls, defaults: dict[str, dict], profile: str, overrides: dict, what: str):
-    """``cls(**defaults[profile], **overrides)``; unknown profiles or options raise."""
-    if profile not in defaults:
-        raise DrmguardError(f"unknown profile '{profile}' for {what} "
-                            f"(choose {', '.join(defaults)})")
-    names = {f.name for f in fields(cls)}
-    bad = sorted(set(overrides) - names)
-    if bad:
-        raise DrmguardError(f"unknown option(s) {', '.join(bad)} for {what} "
-                            f"(valid: {', '.join(sorted(names))})")
-    return cls(**{**defaults[profile], **overrides})
 
 
 def check(cond: bool, message: str) -> None:
@@ -77,26 +49,6 @@ def check_inputs(model: RegressionModel, benign: ArrayDataset, task: Task, min_s
     check(benign.image_size == model.input_size and benign.channels == model.in_channels,
           f"benign images are {benign.channels}×{benign.image_size} but the model expects "
           f"{model.in_channels}×{model.input_size}")
-
-
-def device_of(name: str) -> torch.device:
-    return resolve_device(name)
-
-
-def frozen_copy(model: RegressionModel, device: torch.device) -> RegressionModel:
-    """A deep copy in eval mode with every parameter frozen (the input model is untouched)."""
-    m = copy.deepcopy(model).to(device).eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m
-
-
-def detector_inputs(model: RegressionModel, benign: ArrayDataset, task: Task, config,
-                    seed: int) -> tuple[RegressionModel, ArrayDataset]:
-    """Checked inputs of a detector: a frozen copy of the model on ``config.device`` and D_b
-    subsampled (seeded) to ``config.max_samples``."""
-    check_inputs(model, benign, task)
-    return frozen_copy(model, device_of(config.device)), subsample(benign, config.max_samples, seed)
 
 
 def subsample(ds: ArrayDataset, max_samples: int | None, seed: int) -> ArrayDataset:
@@ -275,47 +227,22 @@ def finetune(model: RegressionModel, ds: ArrayDataset, task: Task, *, optimizer:
              progress: bool = True, desc: str = "fine-tune",
              after_step: Callable[[], None] | None = None) -> dict:
     """Fine-tune ``model`` in place on ``ds`` with the L1 loss to the true labels (train mode,
-    BN statistics updated). With ``normalise_loss`` each component's error is divided by the
-    label std of ``ds``, so SGD learning rates mean the same for radians and degrees."""
+    BN statistics updated), through the one training loop :func:`drmguard.training.fit` (that
+    of DRMGuard's mitigation too). With ``normalise_loss`` each component's error is divided by
+    the label std of ``ds``, so SGD learning rates mean the same for radians and degrees;
+    batches of one image are skipped (BatchNorm)."""
     check(epochs >= 0, f"epochs must be >= 0, got {epochs}")
     check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    check(schedule in ("cosine", "none"), f"unknown schedule '{schedule}' (cosine or none)")
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        raise DrmguardError(f"unknown optimizer '{optimizer}' (adam or sgd)")
-    steps_per_epoch = max(1, math.ceil(len(ds) / batch_size))
-    total = epochs * steps_per_epoch
-    if schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
-    elif schedule == "none":
-        sched = None
-    else:
-        raise DrmguardError(f"unknown schedule '{schedule}' (cosine or none)")
     scale = label_stats(ds)[1].to(device) if normalise_loss else None
-    g = seed_everything(seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      schedule=schedule, device=str(device), seed=seed)
     losses: list[float] = []
-    model.train()
-    bar = progress_bar(total=total, desc=desc, enabled=progress)
-    for _ in range(epochs):
-        for x, y in batches(ds, batch_size, g):
-            if len(x) < 2:  # BatchNorm needs two samples in train mode
-                continue
-            loss = scaled_l1(model(x.to(device)), y.to(device), scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if after_step is not None:
-                after_step()
-            losses.append(float(loss.detach()))
-            bar.update(1)
-    bar.close()
-    model.eval()
+    fit(model, ds, task, cfg, loss_fn=lambda m, x, y: scaled_l1(m(x), y, scale),
+        progress=progress, desc=desc, params=[p for p in model.parameters() if p.requires_grad],
+        optimizer=optimizer, momentum=momentum, min_batch=2, after_step=after_step,
+        losses=losses)
     return {"steps": len(losses), "final_loss": float(np.mean(losses[-10:])) if losses else None}
 
 

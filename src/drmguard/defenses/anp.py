@@ -33,6 +33,7 @@ from ..models.split import RegressionModel
 from ..tasks import Task
 from ..utils import progress_bar, seed_everything
 from . import _common as C
+from .base import Defence
 
 
 @dataclass
@@ -62,17 +63,6 @@ class ANPConfig:
                 "ANP iterations must be >= 1 and batch_size >= 2")
         C.check(0 < self.budget_step <= 1 and 0 < self.max_prune_fraction <= 1,
                 "budget_step and max_prune_fraction must be in (0, 1]")
-
-
-_DEFAULTS = {
-    "tiny": dict(iterations=40, batch_size=32),
-    "cpu": dict(iterations=200, batch_size=64),
-    "paper": dict(iterations=2000, batch_size=128),
-}
-
-
-def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> ANPConfig:
-    return C.build_config(ANPConfig, _DEFAULTS, profile, overrides, "ANP")
 
 
 class NoisyBatchNorm2d(nn.BatchNorm2d):
@@ -184,16 +174,17 @@ def prune(model: RegressionModel, neurons: list[tuple[str, int]]) -> RegressionM
     return out.eval()
 
 
-class ANPMitigator(C.ConfiguredDefence):
-    name = "anp"
+class ANPMitigator(Defence):
+    name, title, config_class = "anp", "ANP", ANPConfig
+    profile_defaults = {"tiny": dict(iterations=40, batch_size=32),
+                        "cpu": dict(iterations=200, batch_size=64),
+                        "paper": dict(iterations=2000, batch_size=128)}
+    min_samples = 4
 
-    def mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
-                 progress: bool = True) -> tuple[RegressionModel, dict]:
-        cfg = self.config
-        C.check_inputs(model, benign, task, min_samples=4)
+    def _mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, cfg, seed,
+                  progress, prior) -> tuple[RegressionModel, dict]:
         t0 = time.perf_counter()
-        device = C.device_of(cfg.device)
-        base = copy.deepcopy(model).to(device).eval()
+        base = self.working_copy(model, cfg).eval()
         if not bn_layers(base.net):
             raise DrmguardError("ANP needs BatchNorm2d layers in the model (none found)")
         fit, hold = C.holdout_split(benign, cfg.holdout_fraction, seed)
@@ -230,5 +221,9 @@ class ANPMitigator(C.ConfiguredDefence):
         return pruned.cpu(), info
 
 
+def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> ANPConfig:
+    return ANPMitigator.resolve(profile, task, **overrides)
+
+
 def make_mitigator(profile: str = "cpu", task: str = "gaze", **overrides) -> ANPMitigator:
-    return ANPMitigator(make_config(profile, task, **overrides))
+    return ANPMitigator(profile, task, **overrides)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from ..tasks import Task
 from ..training import batches
 from ..utils import progress_bar, seed_everything
 from . import _common as C
-from .base import Detection
+from .base import Defence, Detection
 
 _EPS = 1e-7
 
@@ -66,7 +66,9 @@ class FeatureREConfig:
     p_loss_bound: float = 0.15  # bound on MSE(M(x), x) in normalised input space
     std_bound: float = 1.0  # bound on the hyperplane statistic
     success_threshold: float = 0.9  # the attack loss is active below this success rate
-    tau: float | None = None  # None: 5° (gaze, head pose), 0.25·label std (generic)
+    # success tolerance in the task's error units (None: 5° for gaze and head pose, 0.25·label
+    # std for generic); spelt ``tau`` before (still accepted; the key it is stored under)
+    success_tolerance: float | None = None
     normalise_loss: bool = True
     dist_term: bool = False
     mixed_threshold: float = -0.75
@@ -79,20 +81,6 @@ class FeatureREConfig:
         C.check(self.unet_base >= 1 and self.unet_levels >= 1, "U-Net base/levels must be >= 1")
         C.check(0 < self.mask_size <= 1, "mask_size must be in (0, 1]")
         C.check(self.p_loss_bound > 0 and self.std_bound > 0, "bounds must be positive")
-
-
-_DEFAULTS = {
-    "tiny": dict(warmup_epochs=4, epochs=24, batch_size=64, max_samples=64, unet_base=8,
-                 unet_levels=2),
-    "cpu": dict(warmup_epochs=15, epochs=60, batch_size=128, max_samples=256, unet_base=8,
-                unet_levels=2),
-    "paper": dict(warmup_epochs=100, epochs=400, batch_size=256, max_samples=None,
-                  unet_base=32, unet_levels=4),
-}
-
-
-def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> FeatureREConfig:
-    return C.build_config(FeatureREConfig, _DEFAULTS, profile, overrides, "FeatureRE")
 
 
 # --- input transformer -----------------------------------------------------------------------
@@ -178,7 +166,7 @@ def reverse_engineer(model: RegressionModel, benign: ArrayDataset, task: Task,
     C.check(feats.dim() == 4, f"the feature map at {tap.describe()} is not B×C×h×w")
     labels = torch.from_numpy(benign.targets).to(device)
     mu, sd = C.label_stats(benign)
-    tau = C.success_tolerance(task, benign, cfg.tau)
+    tau = C.success_tolerance(task, benign, cfg.success_tolerance)
     scale = sd.to(device) if cfg.normalise_loss else None
     levels = usable_levels(model.input_size, cfg.unet_levels)
     M = UNet(model.in_channels, cfg.unet_base, levels, cfg.residual).to(device)
@@ -303,34 +291,49 @@ def reverse_engineer(model: RegressionModel, benign: ArrayDataset, task: Task,
                              best_mixed=float(best["mixed"]), best_epoch=int(best["epoch"]),
                              at_best=best["at"], transformer=M.eval().cpu(), history=hist)
     info = {"feature_map": tap.describe(), "feature_shape": list(feats.shape[1:]),
-            "unet_levels": levels, "tau": tau, "mask_norm_bound": norm_bound}
+            "unet_levels": levels, "tau": tau, "success_tolerance": tau,
+            "mask_norm_bound": norm_bound}
     return result, info
 
 
-class FeatureRER(C.ConfiguredDefence):
-    """The FeatureRE-R detector. ``last_result`` keeps the reversed mask and transformer."""
+class FeatureRER(Defence):
+    """The FeatureRE-R detector. ``Detection.result`` holds the reversed mask and transformer
+    (a :class:`FeatureREResult`)."""
 
-    name = "featurere"
+    name, title, config_class = "featurere", "FeatureRE", FeatureREConfig
+    profile_defaults = {
+        "tiny": dict(warmup_epochs=4, epochs=24, batch_size=64, max_samples=64, unet_base=8,
+                     unet_levels=2),
+        "cpu": dict(warmup_epochs=15, epochs=60, batch_size=128, max_samples=256, unet_base=8,
+                    unet_levels=2),
+        "paper": dict(warmup_epochs=100, epochs=400, batch_size=256, max_samples=None,
+                      unet_base=32, unet_levels=4),
+    }
+    option_aliases = {"tau": "success_tolerance"}
+    stored_names = {"success_tolerance": "tau"}
 
-    def detect(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
-               progress: bool = True) -> Detection:
-        cfg = self.config
+    def _detect(self, model: RegressionModel, benign: ArrayDataset, task: Task, cfg, seed,
+                progress) -> Detection:
         t0 = time.perf_counter()
-        frozen, data = C.detector_inputs(model, benign, task, cfg, seed)
+        frozen = self.working_copy(model, cfg, frozen=True)
+        data = C.subsample(benign, cfg.max_samples, seed)
         res, info = reverse_engineer(frozen, data, task, cfg, seed=seed, progress=progress)
-        self.last_result = res
         mixed = res.best_mixed
         details = {**info, "best_mixed": mixed, "best_epoch": res.best_epoch,
                    "at_best": res.at_best, "n_samples": len(data),
                    "history": {k: v for k, v in res.history.items() if k != "target"},
                    "target_final": res.history["target"][-1] if res.history["target"] else None,
-                   "config": asdict(cfg)}
+                   "config": self.config_dict(cfg)}
         finite = math.isfinite(mixed)
         return Detection(defense=self.name, backdoored=bool(finite and mixed < cfg.mixed_threshold),
                          score=-mixed if finite else -1e9, threshold=-cfg.mixed_threshold,
                          target_estimate=res.target, seconds=time.perf_counter() - t0,
-                         details=details)
+                         details=details, result=res)
+
+
+def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> FeatureREConfig:
+    return FeatureRER.resolve(profile, task, **overrides)
 
 
 def make_detector(profile: str = "cpu", task: str = "gaze", **overrides) -> FeatureRER:
-    return FeatureRER(make_config(profile, task, **overrides))
+    return FeatureRER(profile, task, **overrides)

@@ -32,6 +32,7 @@ from ..errors import DrmguardError
 from ..models.split import RegressionModel
 from ..tasks import Task
 from . import _common as C
+from .base import Defence
 
 
 @dataclass
@@ -58,15 +59,6 @@ class FinePruningConfig:
         C.check(self.finetune_epochs >= 0, "finetune_epochs must be >= 0")
 
 
-_DEFAULTS = {
-    "tiny": dict(finetune_epochs=2),
-    "cpu": dict(finetune_epochs=10),
-    "paper": dict(finetune_epochs=10),
-}
-
-
-def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> FinePruningConfig:
-    return C.build_config(FinePruningConfig, _DEFAULTS, profile, overrides, "fine-pruning")
 
 
 def channel_activations(model: RegressionModel, ds: ArrayDataset, layer: str | None = None
@@ -104,15 +96,16 @@ def apply_pruning(model: RegressionModel, channels: list[int]) -> RegressionMode
     return out.eval()
 
 
-class FinePruningMitigator(C.ConfiguredDefence):
-    name = "fp"
+class FinePruningMitigator(Defence):
+    name, title, config_class = "fp", "fine-pruning", FinePruningConfig
+    profile_defaults = {"tiny": dict(finetune_epochs=2), "cpu": dict(finetune_epochs=10),
+                        "paper": dict(finetune_epochs=10)}
+    min_samples = 4
 
-    def mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
-                 progress: bool = True) -> tuple[RegressionModel, dict]:
-        cfg = self.config
-        C.check_inputs(model, benign, task, min_samples=4)
+    def _mitigate(self, model: RegressionModel, benign: ArrayDataset, task: Task, cfg, seed,
+                  progress, prior) -> tuple[RegressionModel, dict]:
         t0 = time.perf_counter()
-        base = copy.deepcopy(model).to(C.device_of(cfg.device)).eval()
+        base = self.working_copy(model, cfg).eval()
         fit, hold = C.holdout_split(benign, cfg.holdout_fraction, seed)
         eval_set = hold if hold is not None else fit
         act, tap = channel_activations(base, fit, cfg.feature_layer)
@@ -150,5 +143,9 @@ class FinePruningMitigator(C.ConfiguredDefence):
         return pruned.eval().cpu(), info
 
 
+def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> FinePruningConfig:
+    return FinePruningMitigator.resolve(profile, task, **overrides)
+
+
 def make_mitigator(profile: str = "cpu", task: str = "gaze", **overrides) -> FinePruningMitigator:
-    return FinePruningMitigator(make_config(profile, task, **overrides))
+    return FinePruningMitigator(profile, task, **overrides)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from ..tasks import Task
 from ..training import batches
 from ..utils import progress_bar, seed_everything
 from . import _common as C
-from .base import Detection
+from .base import Defence, Detection
 
 _EPS = 1e-7
 
@@ -58,7 +58,11 @@ class NeuralCleanseConfig:
     cost_multiplier_down: float = 2.0 ** 1.5
     patience: int = 5
     success_threshold: float = 0.99  # fraction of outputs within τ of y_t
-    tau: float | None = None  # None: 5° (gaze, head pose), 0.25·label std (generic)
+    # "attack success" tolerance in the task's error units: an output within it of y_t counts
+    # as at the target (None: 5° for gaze and head pose, 0.25·label std for generic). Not
+    # DRMGuard's τ; spelt ``tau`` before, which is still accepted and is the key it is stored
+    # under in cache keys and result records.
+    success_tolerance: float | None = None
     normalise_loss: bool = True  # divide the L1 loss per component by the label std
     early_stop: bool = True
     early_stop_threshold: float = 0.99
@@ -83,22 +87,6 @@ class NeuralCleanseConfig:
         C.check(self.grid_size >= 2, "grid_size must be >= 2")
         C.check(self.patience >= 1, "patience must be >= 1")
         self.grid_percentiles = tuple(float(v) for v in self.grid_percentiles)
-
-
-_DEFAULTS = {
-    "tiny": dict(epochs=8, max_samples=64, batch_size=32, patience=2, early_stop_patience=6,
-                 grid_size=3, grid_epochs=3),
-    "cpu": dict(epochs=60, max_samples=320, batch_size=32, grid_size=5, grid_epochs=12),
-    "paper": dict(epochs=80, max_samples=None, batch_size=32, grid_size=5, grid_epochs=40),
-}
-
-
-def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> NeuralCleanseConfig:
-    defaults = {k: dict(v) for k, v in _DEFAULTS.items()}
-    if task == "headpose":  # 3 outputs: keep the candidate grid at 3^3 = 27 points
-        for v in defaults.values():
-            v["grid_size"] = 3
-    return C.build_config(NeuralCleanseConfig, defaults, profile, overrides, "Neural Cleanse")
 
 
 @dataclass
@@ -136,7 +124,7 @@ def reverse_engineer(model: RegressionModel, benign: ArrayDataset, task: Task,
     g = seed_everything(seed)
     c, (h, w) = model.in_channels, model.input_size
     mu, sd = C.label_stats(benign)
-    tau = C.success_tolerance(task, benign, cfg.tau)
+    tau = C.success_tolerance(task, benign, cfg.success_tolerance)
     scale = sd.to(device) if cfg.normalise_loss else None
     if cfg.init == "random":
         m0, p0 = torch.rand(1, 1, h, w, generator=g), torch.rand(1, c, h, w, generator=g)
@@ -254,23 +242,32 @@ def _centroid(mask: np.ndarray) -> list[float]:
             float((cols * mask).sum() / tot / (mask.shape[1] - 1 or 1))]
 
 
-class NeuralCleanseR(C.ConfiguredDefence):
-    """The NC-R detector. ``last_result`` keeps the reversed mask/pattern of the last call."""
+class NeuralCleanseR(Defence):
+    """The NC-R detector. ``Detection.result`` holds the reversed mask and pattern (a
+    :class:`ReverseResult`; the list of them for the grid variant)."""
 
-    name = "nc"
+    name, title, config_class = "nc", "Neural Cleanse", NeuralCleanseConfig
+    profile_defaults = {
+        "tiny": dict(epochs=8, max_samples=64, batch_size=32, patience=2, early_stop_patience=6,
+                     grid_size=3, grid_epochs=3),
+        "cpu": dict(epochs=60, max_samples=320, batch_size=32, grid_size=5, grid_epochs=12),
+        "paper": dict(epochs=80, max_samples=None, batch_size=32, grid_size=5, grid_epochs=40),
+    }
+    task_defaults = {"headpose": dict(grid_size=3)}  # 3 outputs: a grid of 3^3 = 27 points
+    option_aliases = {"tau": "success_tolerance"}
+    stored_names = {"success_tolerance": "tau"}
 
-    def detect(self, model: RegressionModel, benign: ArrayDataset, task: Task, seed: int = 0,
-               progress: bool = True) -> Detection:
-        cfg = self.config
+    def _detect(self, model: RegressionModel, benign: ArrayDataset, task: Task, cfg, seed,
+                progress) -> Detection:
         t0 = time.perf_counter()
-        frozen, data = C.detector_inputs(model, benign, task, cfg, seed)
+        frozen = self.working_copy(model, cfg, frozen=True)
+        data = C.subsample(benign, cfg.max_samples, seed)
         h, w = model.input_size
-        tau = C.success_tolerance(task, benign, cfg.tau)
-        common = {"variant": cfg.variant, "tau": tau, "n_samples": len(data),
-                  "config": asdict(cfg)}
+        tau = C.success_tolerance(task, benign, cfg.success_tolerance)
+        common = {"variant": cfg.variant, "tau": tau, "success_tolerance": tau,
+                  "n_samples": len(data), "config": self.config_dict(cfg)}
         if cfg.variant == "optimise":
             res = reverse_engineer(frozen, data, task, cfg, seed=seed, progress=progress)
-            self.last_result = res
             thr = cfg.mask_fraction_threshold * h * w
             details = {**common, "mask_l1": res.mask_l1, "mask_fraction": res.mask_l1 / (h * w),
                        "found": res.found, "success_at_best": res.success,
@@ -280,7 +277,7 @@ class NeuralCleanseR(C.ConfiguredDefence):
                        "history": {k: v for k, v in res.history.items() if k != "target"}}
             return Detection(defense=self.name, backdoored=bool(res.found and res.mask_l1 < thr),
                              score=-res.mask_l1, threshold=-thr, target_estimate=res.target,
-                             seconds=time.perf_counter() - t0, details=details)
+                             seconds=time.perf_counter() - t0, details=details, result=res)
         cands = candidate_grid(data, cfg)
         results = []
         bar = progress_bar(total=len(cands), desc="NC-R grid", enabled=progress)
@@ -289,7 +286,6 @@ class NeuralCleanseR(C.ConfiguredDefence):
                                             epochs=cfg.grid_epochs, seed=seed + i, progress=False))
             bar.update(1)
         bar.close()
-        self.last_result = results
         norms = np.array([r.mask_l1 for r in results])
         index, med, mad = mad_anomaly(norms)
         best = int(norms.argmin())
@@ -304,8 +300,12 @@ class NeuralCleanseR(C.ConfiguredDefence):
                                                             norms[best] < med),
                          score=float(index), threshold=cfg.anomaly_threshold,
                          target_estimate=[float(v) for v in cands[best]],
-                         seconds=time.perf_counter() - t0, details=details)
+                         seconds=time.perf_counter() - t0, details=details, result=results)
+
+
+def make_config(profile: str = "cpu", task: str = "gaze", **overrides) -> NeuralCleanseConfig:
+    return NeuralCleanseR.resolve(profile, task, **overrides)
 
 
 def make_detector(profile: str = "cpu", task: str = "gaze", **overrides) -> NeuralCleanseR:
-    return NeuralCleanseR(make_config(profile, task, **overrides))
+    return NeuralCleanseR(profile, task, **overrides)

@@ -65,7 +65,7 @@ GROUPS = ("fsrt", "mtr", "lambda3", "lambda1", "units", "select", "l1", "benign"
 
 def run_ablation(task: str, attacks: list[str], n_benign: int, n_backdoored: int,
                  profile: str = "cpu", groups: list[str] | None = None,
-                 cache_dir: str = ".drmguard-cache", out_dir: str = "results",
+                 cache_dir: str | None = None, out_dir: str = "results",
                  command: str = "", progress: bool = True, rescan: bool = False,
                  first_seed: int = 0, executor=None) -> dict:
     groups = groups or ["fsrt", "mtr", "lambda3", "benign"]

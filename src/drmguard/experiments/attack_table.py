@@ -21,7 +21,7 @@ from ..profiles import get_profile
 from ..tasks import get_task
 from ..training import evaluate, mean_predictor_error
 from .results import md_table, provenance, write_results
-from .zoo import DEFAULT_CACHE, ModelSpec, Zoo
+from .zoo import ModelSpec, Zoo
 
 #: The attacks of the table, in the paper's order (the custom attack needs user images).
 DEFAULT_ATTACKS = ("badnets", "clean_label", "wanet", "ia", "blend", "sig", "multi_wanet",
@@ -35,7 +35,7 @@ def effective(m: dict, benign_re: float) -> bool:
 
 
 def run(task: str, profile: str = "cpu", attacks: list[str] | None = None, seed: int = 0,
-        out_dir: str = "results", progress: bool = True, cache_dir: str = DEFAULT_CACHE,
+        out_dir: str = "results", progress: bool = True, cache_dir: str | None = None,
         command: str = "", executor=None) -> dict:
     """Train (or load from the zoo cache) and measure; write results/attacks-<task>-<profile>.
     An :class:`~.executor.Executor` trains the models in parallel first."""

@@ -32,33 +32,62 @@ def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
     return zoo.cached_run(spec, "attack", "metrics", {}, compute)
 
 
-def trigger_record(zoo: Zoo, spec: ModelSpec, model, attack) -> dict:
-    """R, change per pixel and collapse ratio of the attack's *own* trigger on the zoo's D_b
-    (cached; empty for a benign model): what DRMGuard's rule would see had its search found
-    exactly the real trigger."""
+def trigger_record(zoo: Zoo, spec: ModelSpec, model, attack,
+                   defenses: list[str] = ("drmguard",)) -> dict:
+    """What the first of ``defenses`` that measures triggers (:meth:`Defence.trigger_cost`;
+    DRMGuard: R, change per pixel and collapse ratio) sees in the attack's *own* trigger on the
+    zoo's D_b (cached; empty for a benign model, or when no such defence is requested): what
+    its rule would see had its search found exactly the real trigger."""
+    from ..defenses.base import DETECTORS
+
     if attack is None:
         return {}
-
-    def compute():
-        from ..defenses.drmguard.identify import trigger_statistics
-
-        benign = zoo.splits(spec).benign
-        return trigger_statistics(model, benign.tensors()[0], attack.apply)
-    return zoo.cached_run(spec, "attack", "trigger-cost", {}, compute)
-
-
-TRIGGER_SUFFIX = ".trigger.safetensors"  # DRMGuard's reversed trigger beside its detection
+    for name in defenses:
+        det = get_detector(name, spec.profile, spec.task) if name in DETECTORS else None
+        if det is not None and det.trigger_cost_run is not None:
+            def compute(det=det):
+                return det.trigger_cost(model, zoo.splits(spec).benign.tensors()[0],
+                                        attack.apply)
+            return zoo.cached_run(spec, "attack", det.trigger_cost_run, {}, compute)
+    return {}
 
 
-def saved_scan(zoo: Zoo, spec: ModelSpec, model, overrides: dict, seed: int = 0, device="cpu"):
-    """The DRMGuard scan that identification ran on ``spec`` with these settings and seed, with
-    its trigger function, or None when the zoo does not hold it."""
-    from ..defenses.drmguard import ScanResult
+def saved_detection(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dict,
+                    seed: int = 0, device: str | None = None):
+    """The detection that identification ran on ``spec`` with this defence, settings and seed,
+    with the artifacts it kept (DRMGuard: its trigger function), or None when the zoo does not
+    hold it or the defence keeps none. ``device``: where to load them (default: the
+    defence's configured device)."""
+    from dataclasses import replace
 
-    _, config = detect_config(spec, "drmguard", overrides, None, seed)
-    path = zoo.artifact_path(spec, "detect", "drmguard", config, TRIGGER_SUFFIX)
-    usable = path.exists() and zoo.has_run(spec, "detect", "drmguard", config)
-    return ScanResult.load(path, model, device) if usable else None
+    from ..defenses.base import DETECTORS
+
+    if defense not in DETECTORS:
+        return None
+    det, config = detect_config(spec, defense, overrides, None, seed)
+    if not zoo.has_run(spec, "detect", defense, config):
+        return None
+    cfg = det.config_for(spec.task)
+    return det.load_prior(lambda suffix: zoo.artifact_path(spec, "detect", defense, config,
+                                                           suffix),
+                          model, replace(cfg, device=device) if device else cfg)
+
+
+def saved_scan(zoo: Zoo, spec: ModelSpec, model, overrides: dict, seed: int = 0,
+               device: str | None = None):
+    """The DRMGuard scan (a ``ScanResult`` with its trigger function) that identification ran
+    on ``spec`` with these settings and seed, or None (see :func:`saved_detection`)."""
+    d = saved_detection(zoo, spec, model, "drmguard", overrides, seed, device)
+    return None if d is None else d.result
+
+
+def overrides_for(overrides: dict | None, defense: str) -> dict:
+    """A defence's own options out of ``overrides`` = {defence name: {option: value}}; a flat
+    {option: value} (the older spelling, before every defence took options) means DRMGuard's."""
+    overrides = overrides or {}
+    if all(isinstance(v, dict) for v in overrides.values()):
+        return dict(overrides.get(defense, {}))
+    return dict(overrides) if defense == "drmguard" else {}
 
 
 def detect_config(spec: ModelSpec, defense: str, overrides: dict,
@@ -81,8 +110,8 @@ def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dic
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         d = det.detect(model, benign, get_task(spec.task), seed=seed, progress=zoo.progress)
-        if getattr(d.result, "trigger", None) is not None:  # DRMGuard: keep the trigger
-            d.result.save(zoo.artifact_path(spec, "detect", defense, config, TRIGGER_SUFFIX))
+        d.save_artifacts(lambda suffix: zoo.artifact_path(spec, "detect", defense, config,
+                                                          suffix))
         rec = d.to_dict()
         rec["wall_seconds"] = time.perf_counter() - t0
         return rec
@@ -156,20 +185,27 @@ def identification_work(task: str, attacks: list[str], n_benign: int,
                         overrides: dict | None = None, benign_limit: int | None = None,
                         attack_options: dict | None = None, first_seed: int = 0):
     """Everything :func:`run_identification` computes, as tasks for an
-    :class:`~.executor.Executor`: the models, their attack records and the detections."""
+    :class:`~.executor.Executor`: the models, their attack records, the real trigger's cost
+    (when a requested defence measures it) and the detections."""
     from functools import partial
 
+    from ..defenses.base import DETECTORS
     from .executor import Run, Work
 
+    defenses = list(defenses or ["drmguard"])
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options,
                         first_seed)
+    cost_run = next((get_detector(d, profile, task).trigger_cost_run for d in defenses
+                     if d in DETECTORS and get_detector(d, profile, task).trigger_cost_run),
+                    None)
     runs = []
     for spec in specs:
         runs.append(Run(spec, attack_record, "attack", "metrics", gpu=False))
-        if spec.backdoored:
-            runs.append(Run(spec, trigger_record, "attack", "trigger-cost", gpu=False))
-        for d in defenses or ["drmguard"]:
-            ov = (overrides or {}) if d == "drmguard" else {}
+        if spec.backdoored and cost_run:
+            runs.append(Run(spec, partial(trigger_record, defenses=tuple(defenses)), "attack",
+                            cost_run, gpu=False))
+        for d in defenses:
+            ov = overrides_for(overrides, d)
             runs.append(Run(spec, partial(detect_record, defense=d, overrides=ov,
                                           benign_limit=benign_limit), "detect", d,
                             detect_config(spec, d, ov, benign_limit)[1]))
@@ -178,7 +214,7 @@ def identification_work(task: str, attacks: list[str], n_benign: int,
 
 def plan_identification(task: str, attacks: list[str], n_benign: int,
                         n_backdoored: int | dict[str, int], profile: str = "cpu",
-                        defenses: list[str] | None = None, cache_dir: str = ".drmguard-cache",
+                        defenses: list[str] | None = None, cache_dir: str | None = None,
                         arch: str | None = None, overrides: dict | None = None,
                         benign_limit: int | None = None, rescan: bool = False,
                         first_seed: int = 0) -> dict:
@@ -187,8 +223,7 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
     the same kind of work (None when nothing alike is cached yet)."""
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch,
                         first_seed=first_seed)
-    runs = [(spec, d, detect_config(spec, d, (overrides or {}) if d == "drmguard" else {},
-                                    benign_limit)[1])
+    runs = [(spec, d, detect_config(spec, d, overrides_for(overrides, d), benign_limit)[1])
             for spec in specs for d in defenses or ["drmguard"]]
     return Zoo(cache_dir, progress=False, rescan=rescan).plan(specs, "detect", runs)
 
@@ -196,7 +231,7 @@ def plan_identification(task: str, attacks: list[str], n_benign: int,
 def run_identification(task: str, attacks: list[str], n_benign: int,
                        n_backdoored: int | dict[str, int],
                        profile: str = "cpu", defenses: list[str] | None = None,
-                       cache_dir: str = ".drmguard-cache", out_dir: str = "results",
+                       cache_dir: str | None = None, out_dir: str = "results",
                        arch: str | None = None, overrides: dict | None = None,
                        benign_limit: int | None = None, name: str | None = None,
                        command: str = "", progress: bool = True,
@@ -218,10 +253,9 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     for spec in progress_bar(specs, desc="models", enabled=progress):
         model, attack, meta = zoo.model(spec)
         att = attack_record(zoo, spec, model, attack, meta)
-        real = trigger_record(zoo, spec, model, attack)
+        real = trigger_record(zoo, spec, model, attack, defenses)
         for d in defenses:
-            det = detect_record(zoo, spec, model, d, (overrides or {}) if d == "drmguard" else {},
-                                benign_limit)
+            det = detect_record(zoo, spec, model, d, overrides_for(overrides, d), benign_limit)
             records.append({
                 "model": spec.label(), "key": spec.key(), "attack": spec.attack,
                 "seed": spec.seed, "defense": d, "score": det["score"],
@@ -238,8 +272,8 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     name = name or f"identification-{task}-{profile}" + (f"-{arch}" if arch else "")
     record = {"provenance": provenance(command), "task": task, "profile": profile, "arch": arch,
               "attacks": attacks, "n_benign": n_benign, "n_backdoored": n_backdoored,
-              "first_seed": first_seed,
-              "defenses": defenses, "overrides": overrides or {}, "benign_limit": benign_limit,
+              "first_seed": first_seed, "defenses": defenses, "overrides": overrides or {},
+              "benign_limit": benign_limit,
               "summary": summary, "models": records}
     write_results(out_dir, name, record, to_markdown(record))
     return record

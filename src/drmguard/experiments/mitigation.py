@@ -15,7 +15,7 @@ import numpy as np
 from ..defenses.base import get_mitigator, resolved_config
 from ..tasks import get_task
 from ..utils import progress_bar
-from .identification import attack_record, format_counts, model_specs, saved_scan
+from .identification import attack_record, format_counts, model_specs, saved_detection
 from .results import md_table, provenance, write_results
 from .zoo import ModelSpec, Zoo
 
@@ -29,23 +29,20 @@ def mitigate_config(spec: ModelSpec, name: str, overrides: dict, seed: int = 0):
 
 def mitigate_record(zoo: Zoo, spec: ModelSpec, model, attack, name: str, overrides: dict,
                     seed: int = 0) -> dict:
-    """One mitigator on one zoo model (cached). DRMGuard reuses the trigger of the
-    identification scan of the same model, settings and seed when the zoo holds it (the scan
-    it would run is the same computation)."""
+    """One mitigator on one zoo model (cached). A mitigator that is also a detector (DRMGuard)
+    gets the identification run of the same defence, model, settings and seed as ``prior``
+    when the zoo holds it (DRMGuard reuses that scan's trigger: the scan it would run is the
+    same computation)."""
     mitigator, key = mitigate_config(spec, name, overrides, seed)
 
     def compute():
         from ..metrics import attack_metrics
 
         task = get_task(spec.task)
-        extra = {}
         t0 = time.perf_counter()
-        if name == "drmguard":
-            earlier = saved_scan(zoo, spec, model, overrides, seed,
-                                 mitigator.config_for(task).device)
-            extra = {"scan_result": earlier} if earlier is not None else {}
+        prior = saved_detection(zoo, spec, model, name, overrides, seed)
         fixed, info = mitigator.mitigate(
-            model, zoo.splits(spec).benign, task, seed=seed, progress=zoo.progress, **extra)
+            model, zoo.splits(spec).benign, task, seed=seed, progress=zoo.progress, prior=prior)
         m = attack_metrics(fixed, attack, zoo.splits(spec).test, task)
         return {"RE": m["RE"], "AE": m["AE"], "DAE": m["DAE"],
                 "seconds": time.perf_counter() - t0, "info": info}
@@ -79,7 +76,7 @@ def mitigation_work(task: str, attacks: list[str], n_backdoored: int | dict[str,
 
 def plan_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
                     profile: str = "cpu",
-                    mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
+                    mitigations: list[str] | None = None, cache_dir: str | None = None,
                     arch: str | None = None, rescan: bool = False) -> dict:
     """What :func:`run_mitigation` would do with this cache, without doing it (see
     :meth:`Zoo.plan`). A DRMGuard mitigation whose identification scan the zoo keeps is
@@ -92,7 +89,7 @@ def plan_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str,
 
 def run_mitigation(task: str, attacks: list[str], n_backdoored: int | dict[str, int],
                    profile: str = "cpu",
-                   mitigations: list[str] | None = None, cache_dir: str = ".drmguard-cache",
+                   mitigations: list[str] | None = None, cache_dir: str | None = None,
                    out_dir: str = "results", arch: str | None = None, name: str | None = None,
                    command: str = "", progress: bool = True, rescan: bool = False,
                    executor=None) -> dict:

@@ -31,11 +31,11 @@ from ..models.io import load_model, save_model
 from ..profiles import get_profile
 from ..tasks import get_task
 from ..training import train_regressor
-from ..utils import code_digest
+from ..utils import code_digest, default_cache_dir
 from .data import synthetic_splits
 
 CACHE_VERSION = 1
-DEFAULT_CACHE = os.environ.get("DRMGUARD_CACHE", ".drmguard-cache")
+DEFAULT_CACHE = default_cache_dir()  # at import; Zoo(None) reads the environment when built
 
 
 def _hash(obj) -> str:
@@ -101,12 +101,13 @@ def draw_target(train_targets: np.ndarray, seed: int, count: int = 1) -> list[li
 class Zoo:
     """Trains, caches and loads the models of experiments, and caches defence runs."""
 
-    def __init__(self, cache_dir: str | os.PathLike = DEFAULT_CACHE, progress: bool = True,
+    def __init__(self, cache_dir: str | os.PathLike | None = None, progress: bool = True,
                  rescan: bool = False):
-        """``rescan``: a cached run counts only if the current code made it (its ``code``
+        """``cache_dir``: None for :func:`~drmguard.utils.default_cache_dir`.
+        ``rescan``: a cached run counts only if the current code made it (its ``code``
         stamp equals :func:`~drmguard.utils.code_digest`); others are computed again and
         replaced. Trained models are always reused."""
-        self.root = Path(cache_dir)
+        self.root = Path(cache_dir if cache_dir is not None else default_cache_dir())
         self.progress = progress
         self.rescan = rescan
 
@@ -158,10 +159,10 @@ class Zoo:
                                           prof.train_config(spec.task, spec.seed), arch_kwargs,
                                           progress=self.progress, desc=spec.label())
         else:
-            from ..attacks import attack_train_config, make_attack
+            from ..attacks import attack_class, attack_train_config, make_attack
 
             opts = dict(spec.attack_options)
-            n_targets = int(opts.pop("n_targets", 2 if spec.attack == "multi_wanet" else 1))
+            n_targets = int(opts.pop("n_targets", attack_class(spec.attack).num_targets))
             targets = draw_target(splits.train.targets, spec.seed, n_targets)
             if n_targets > 1:
                 opts["targets"] = targets

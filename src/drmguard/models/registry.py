@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
-from ..errors import DrmguardError
+from ..registry import Registry
 from .mobilenet import MobileNetV1
 from .small import SmallResNet
 
@@ -23,15 +21,17 @@ def _torchvision_resnet(depth: int):
     return build
 
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "small_resnet": SmallResNet,
-    "resnet18": _torchvision_resnet(18),
-    "resnet34": _torchvision_resnet(34),
-    "mobilenet_v1": MobileNetV1,
-}
+ARCHS: Registry = Registry("architecture")  # name -> Callable[..., nn.Module]
+ARCHS.register("small_resnet", SmallResNet)
+ARCHS.register("resnet18", _torchvision_resnet(18))
+ARCHS.register("resnet34", _torchvision_resnet(34))
+ARCHS.register("mobilenet_v1", MobileNetV1)
 
 
 def build_model(arch: str, num_outputs: int, in_channels: int = 3, **kwargs) -> nn.Module:
-    if arch not in ARCHS:
-        raise DrmguardError(f"unknown architecture '{arch}' (choose from {', '.join(ARCHS)})")
-    return ARCHS[arch](num_outputs=num_outputs, in_channels=in_channels, **kwargs)
+    return ARCHS.get(arch)(num_outputs=num_outputs, in_channels=in_channels, **kwargs)
+
+
+def list_models() -> list[str]:
+    """The built-in architecture names."""
+    return ARCHS.list()

@@ -9,68 +9,88 @@ Python API::
     clean_model, info = mitigate(model, benign_set, task, scan_result=result)
     result.save("trigger.safetensors")   # later: ScanResult.load(...) → mitigate(scan_result=...)
 
-``make_detector`` / ``make_mitigator`` adapt them to the common defence interface of
-:mod:`drmguard.defenses.base`.
+:class:`DRMGuard` (``make_detector`` / ``make_mitigator``) adapts them to the common defence
+interface of :mod:`drmguard.defenses.base`.
 """
 
 from __future__ import annotations
 
 from ...data.base import ArrayDataset
 from ...tasks import Task
-from ..base import Detection
-from .config import DRMGuardConfig, default_config
+from ..base import Defence, Detection
+from .config import (PROFILE_DEFAULTS, PROFILE_TASK_DEFAULTS, TASK_DEFAULTS, DRMGuardConfig,
+                     default_config)
 from .identify import STATUS_BACKDOORED, STATUS_BENIGN, STATUS_NO_TRIGGER
 from .mitigation import mitigate
 from .scan import SCHEMA, ScanResult, scan
+from .scan import _check_inputs as check_scan_inputs
 
 
-class _Configured:
-    """Holds a profile and overrides; the configuration follows the task it is used on (each
-    task has its own calibrated λ's), so one object serves gaze and head pose alike."""
+class DRMGuard(Defence):
+    """DRMGuard on the common defence interface (:class:`~drmguard.defenses.base.Defence`).
 
-    name = "drmguard"
+    Detection: ``score`` = the identification score (higher = more suspicious; −R when the
+    outputs collapsed, ≤ −1 when they did not; see :mod:`.identify`), ``threshold`` = −τ,
+    ``details`` = ``ScanResult.to_dict()``, ``result`` = the :class:`ScanResult` with its
+    trigger. Mitigation: scan (unless ``prior`` holds an earlier scan of the model), then
+    fine-tune a copy on D_b ∪ D_r. The configuration follows the task it is used on (each task
+    has its own calibrated λ's), so one object serves gaze and head pose alike."""
 
-    def __init__(self, profile: str = "cpu", task: str = "gaze", **overrides):
-        self.profile, self.overrides = profile, dict(overrides)
-        self.config = default_config(profile, task, **overrides)  # validates the overrides
+    name, title, config_class = "drmguard", "DRMGuard", DRMGuardConfig
+    profile_defaults = PROFILE_DEFAULTS
+    task_defaults = TASK_DEFAULTS
+    profile_task_defaults = PROFILE_TASK_DEFAULTS
+    trigger_cost_run = "trigger-cost"
 
-    def config_for(self, task: Task) -> DRMGuardConfig:
-        if task.name == self.config.task:
-            return self.config
-        return default_config(self.profile, task.name, **self.overrides)
+    def trigger_cost(self, model, images, trigger) -> dict:
+        """R, change per pixel and collapse ratio of ``trigger`` on ``images``."""
+        from .identify import trigger_statistics
 
+        return trigger_statistics(model, images, trigger)
 
-class DRMGuardDetector(_Configured):
-    """Detector interface: ``score`` = the identification score (higher = more suspicious;
-    −R when the outputs collapsed, ≤ −1 when they did not; see :mod:`.identify`),
-    ``threshold`` = −τ, ``details`` = ``ScanResult.to_dict()``."""
+    def check_inputs(self, model, benign: ArrayDataset, task: Task) -> None:
+        check_scan_inputs(model, benign, task)
 
-    def detect(self, model, benign: ArrayDataset, task: Task, seed: int = 0,
-               progress: bool = True) -> Detection:
-        res = scan(model, benign, task, self.config_for(task), seed=seed, progress=progress)
-        return Detection(defense=self.name, backdoored=res.backdoored, score=res.score,
+    def _detect(self, model, benign: ArrayDataset, task: Task, cfg, seed, progress) -> Detection:
+        return self.detection(scan(model, benign, task, cfg, seed=seed, progress=progress))
+
+    @staticmethod
+    def detection(res: ScanResult) -> Detection:
+        """A scan result as a :class:`Detection` (the result itself in ``result``)."""
+        return Detection(defense="drmguard", backdoored=res.backdoored, score=res.score,
                          threshold=-res.tau, target_estimate=list(res.target_estimate),
                          seconds=res.timings["total"], details=res.to_dict(), result=res)
 
-
-class DRMGuardMitigator(_Configured):
-    """Mitigator interface: scan (unless given the result of an earlier scan), then fine-tune
-    a copy on D_b ∪ D_r."""
-
     def mitigate(self, model, benign: ArrayDataset, task: Task, seed: int = 0,
-                 progress: bool = True, scan_result: ScanResult | None = None):
-        return mitigate(model, benign, task, scan_result=scan_result,
-                        config=self.config_for(task), seed=seed, progress=progress)
+                 progress: bool = True, prior: Detection | ScanResult | None = None,
+                 scan_result: ScanResult | None = None):
+        """See :meth:`Defence.mitigate`; ``scan_result`` is the older spelling of ``prior``."""
+        return super().mitigate(model, benign, task, seed, progress,
+                                prior if prior is not None else scan_result)
+
+    def _mitigate(self, model, benign: ArrayDataset, task: Task, cfg, seed, progress, prior):
+        earlier = getattr(prior, "result", prior)
+        return mitigate(model, benign, task, scan_result=earlier, config=cfg, seed=seed,
+                        progress=progress)
+
+    def load_prior(self, path_for, model, config) -> Detection | None:
+        path = path_for(ScanResult.ARTIFACT_SUFFIX)
+        if not path.exists():
+            return None
+        return self.detection(ScanResult.load(path, model, config.device))
 
 
-def make_detector(profile: str = "cpu", task: str = "gaze", **overrides) -> DRMGuardDetector:
-    return DRMGuardDetector(profile, task, **overrides)
+DRMGuardDetector = DRMGuardMitigator = DRMGuard  # the names of the two earlier classes
 
 
-def make_mitigator(profile: str = "cpu", task: str = "gaze", **overrides) -> DRMGuardMitigator:
-    return DRMGuardMitigator(profile, task, **overrides)
+def make_detector(profile: str = "cpu", task: str = "gaze", **overrides) -> DRMGuard:
+    return DRMGuard(profile, task, **overrides)
+
+
+def make_mitigator(profile: str = "cpu", task: str = "gaze", **overrides) -> DRMGuard:
+    return DRMGuard(profile, task, **overrides)
 
 
 __all__ = ["scan", "mitigate", "ScanResult", "DRMGuardConfig", "default_config",
-           "make_detector", "make_mitigator", "DRMGuardDetector", "DRMGuardMitigator",
+           "make_detector", "make_mitigator", "DRMGuard", "DRMGuardDetector", "DRMGuardMitigator",
            "SCHEMA", "STATUS_BACKDOORED", "STATUS_BENIGN", "STATUS_NO_TRIGGER"]

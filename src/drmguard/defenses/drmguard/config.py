@@ -202,11 +202,8 @@ PROFILE_TASK_DEFAULTS: dict[tuple[str, str], dict] = {
 
 
 def default_config(profile: str = "cpu", task: str = "gaze", **overrides) -> DRMGuardConfig:
-    """The calibrated configuration for a (profile, task), with explicit overrides applied."""
-    if profile not in PROFILE_DEFAULTS:
-        raise DrmguardError(f"unknown profile '{profile}' (choose {', '.join(PROFILE_DEFAULTS)})")
-    values = dict(TASK_DEFAULTS.get(task, TASK_DEFAULTS["generic"]))
-    values.update(PROFILE_DEFAULTS[profile])
-    values.update(PROFILE_TASK_DEFAULTS.get((profile, task), {}))
-    cfg = DRMGuardConfig(profile=profile, task=task, **values)
-    return cfg.with_overrides(**overrides) if overrides else cfg
+    """The calibrated configuration for a (profile, task), with explicit overrides applied
+    (resolved by :meth:`~drmguard.defenses.base.Defence.resolve`, like every defence's)."""
+    from . import DRMGuard
+
+    return DRMGuard.resolve(profile, task, **overrides)

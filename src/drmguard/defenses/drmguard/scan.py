@@ -29,6 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -41,8 +42,8 @@ from .config import DRMGuardConfig, default_config
 from .identify import detection_score, evaluate_trigger, verdict
 from .reverse import BenignImages, ReversedTrigger, frozen, precompute_benign, run_search
 
-SCHEMA = "drmguard.scan/1"
-TRIGGER_FORMAT = "drmguard.trigger/1"  # ScanResult.save: reversed trigger + scan record
+from ...schema import SCAN_SCHEMA as SCHEMA
+from ...schema import TRIGGER_FORMAT  # ScanResult.save: reversed trigger + scan record
 
 
 @dataclass
@@ -73,6 +74,13 @@ class ScanResult:
     checkpoints: list[dict] = field(default_factory=list)
     chosen_step: int | None = None
     trigger: ReversedTrigger | None = field(default=None, repr=False)
+
+    ARTIFACT_SUFFIX: ClassVar[str] = ".trigger.safetensors"  # the trigger beside a cached run
+
+    def save_artifacts(self, path_for) -> list[Path]:
+        """The hook of :meth:`Detection.save_artifacts`: the trigger function (when the result
+        holds one) in the file ``path_for(ARTIFACT_SUFFIX)``."""
+        return [] if self.trigger is None else [self.save(path_for(self.ARTIFACT_SUFFIX))]
 
     def reverse(self, x: torch.Tensor) -> torch.Tensor:
         """The reversed trigger function: images B×C×H×W in [0,1] -> x̃ (no gradients)."""
@@ -176,6 +184,20 @@ class ScanResult:
         if trigger.weight is not None:
             res.attention = trigger.weight[0, 0].float().numpy()
         return res
+
+    def with_samples(self, benign: ArrayDataset) -> "ScanResult":
+        """Fill in the sample pictures (benign, reversed, residual) from this result's trigger
+        function on ``benign`` — for a result loaded from a trigger file, which keeps none.
+        The same images the scan itself picks (``config['n_sample_images']`` spread evenly)."""
+        if self.trigger is None:
+            raise DrmguardError("this scan result holds no trigger function to draw samples")
+        device = self.trigger.device
+        n = int(self.config.get("n_sample_images", 8))
+        samples = _samples(self.trigger, BenignImages(benign.images, device,
+                                                      torch.contiguous_format), n)
+        self.benign_images, self.reversed_images = samples["benign"], samples["reversed"]
+        self.residual_images, self.residual_scale = samples["residual"], samples["scale"]
+        return self
 
     def save_images(self, out_dir, min_height: int = 96) -> dict[str, str]:
         """Write strips of the sample images (benign, reversed, residual) and the MTR map as
