@@ -467,6 +467,7 @@ _ATLAS_SEED = 20261201  # fixed: the atlas belongs to the renderer, not to a dat
 _TEXELS = 160.0  # atlas texels per head unit (or image half-width) for skin and background
 _PORES = 600.0  # atlas texels per head unit for the skin's grain
 _CLUTTER = 5  # background rectangles per image
+_FIBRES = 3 * _ATLAS / np.pi  # atlas texels per radian around the iris (6 periods)
 
 
 @functools.lru_cache(maxsize=16)
@@ -748,8 +749,9 @@ def _gaze_eye(col, p, win, x, y, side, rot, centre, sc, gvec, light, px) -> None
     rel = d_iris / _s(r_iris)
     angle = np.arctan2(win.v - _s(ec[:, 1] + rad * gvec[:, 1]),
                        win.u - _s(ec[:, 0] + rad * gvec[:, 0]))
-    fibres = _noise(angle * _F(3 * _ATLAS / np.pi) + _s(p["iris_uv"][:, 0]),
-                    rel * _F(6.0) + _s(p["iris_uv"][:, 1]), 1.0)
+    fibres = _noise(angle * _F(_FIBRES) + _s(p["iris_uv"][:, 0]),
+                    rel * _F(6.0) + _s(p["iris_uv"][:, 1]),
+                    _footprint(px, _FIBRES / 0.085))  # texels per unit at the mid radius
     iris_lum = (0.6 + 0.4 * np.clip(1.2 - rel, 0, 1)) * (1.0 + 0.35 * fibres)
     iris_lum *= 1.0 - 0.5 * np.clip((rel - 0.75) * 4.0, 0, 1)
     iris_col = _c(p["iris"]) * iris_lum[:, None]
