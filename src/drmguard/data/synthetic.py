@@ -426,8 +426,8 @@ def _background(p, u, v) -> np.ndarray:
 
 
 def _camera(img, p, rng) -> np.ndarray:
-    """Light fall-off, colour cast, exposure, optical blur and sensor noise (read noise plus
-    shot noise growing with the signal); float B×3×H×W -> uint8 B×H×W×3."""
+    """Light fall-off, colour cast, exposure, optical blur, a tone curve and sensor noise (read
+    noise plus shot noise growing with the signal); float B×3×H×W -> uint8 B×H×W×3."""
     size = img.shape[-1]
     grid = (np.arange(size, dtype=_F) + _F(0.5)) * _F(2.0 / size) - _F(1.0)
     u, v = grid[None, None, :], grid[None, :, None]
@@ -445,6 +445,10 @@ def _camera(img, p, rng) -> np.ndarray:
     box = (box[:, :, :-2] + box[:, :, 1:-1] + box[:, :, 2:]) * _F(1.0 / 9.0)
     inner = img[:, :, 1:-1, 1:-1]
     inner += (box - inner) * _s(p["blur"])[:, None]
+    # the camera's tone curve: a soft shoulder above _KNEE instead of hard clipping
+    over = np.maximum(img - _F(_KNEE), _F(0.0))
+    img -= over
+    img += _F(1.0 - _KNEE) * np.tanh(over / _F(1.0 - _KNEE))
     # sensor noise: triangular (sum of two uniform bytes), zero mean, unit variance once scaled
     noise = rng.integers(0, 256, img.shape, dtype=np.uint8).astype(_F)
     noise += rng.integers(0, 256, img.shape, dtype=np.uint8)
@@ -467,6 +471,7 @@ _ATLAS_SEED = 20261201  # fixed: the atlas belongs to the renderer, not to a dat
 _TEXELS = 160.0  # atlas texels per head unit (or image half-width) for skin and background
 _PORES = 600.0  # atlas texels per head unit for the skin's grain
 _CLUTTER = 5  # background rectangles per image
+_KNEE = 0.75  # the tone curve is linear below this level, compresses highlights above it
 _FIBRES = 3 * _ATLAS / np.pi  # atlas texels per radian around the iris (6 periods)
 
 
