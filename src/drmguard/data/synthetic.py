@@ -472,7 +472,9 @@ _TEXELS = 160.0  # atlas texels per head unit (or image half-width) for skin and
 _PORES = 600.0  # atlas texels per head unit for the skin's grain
 _CLUTTER = 5  # background rectangles per image
 _KNEE = 0.75  # the tone curve is linear below this level, compresses highlights above it
-_FIBRES = 3 * _ATLAS / np.pi  # atlas texels per radian around the iris (6 periods)
+# atlas texels per radian around the iris: 12 periods, so no coarse light/dark sectors that
+# would shift the iris's apparent centre (and the gaze it shows); unresolved below ~100 px
+_FIBRES = 6 * _ATLAS / np.pi
 
 
 @functools.lru_cache(maxsize=16)
@@ -494,7 +496,7 @@ def _footprint(px, texels_per_unit) -> float:
     """The low-pass (texels) for sampling at ``texels_per_unit`` with pixels ``px`` units wide;
     quantised so that the atlases can be cached. It depends only on the image size, never on
     other images of a chunk, so that every image is the same whatever the chunking."""
-    return float(np.clip(np.round(2.0 * px * texels_per_unit) / 4.0, 0.0, 64.0))
+    return float(np.clip(np.round(2.0 * px * texels_per_unit) / 4.0, 0.0, float(_ATLAS)))
 
 
 def _noise(tu, tv, blur: float) -> np.ndarray:
@@ -756,7 +758,7 @@ def _gaze_eye(col, p, win, x, y, side, rot, centre, sc, gvec, light, px) -> None
                        win.u - _s(ec[:, 0] + rad * gvec[:, 0]))
     fibres = _noise(angle * _F(_FIBRES) + _s(p["iris_uv"][:, 0]),
                     rel * _F(6.0) + _s(p["iris_uv"][:, 1]),
-                    _footprint(px, _FIBRES / 0.085))  # texels per unit at the mid radius
+                    _footprint(px, _FIBRES / 0.06))  # texels per unit at the inner radius
     iris_lum = (0.6 + 0.4 * np.clip(1.2 - rel, 0, 1)) * (1.0 + 0.35 * fibres)
     iris_lum *= 1.0 - 0.5 * np.clip((rel - 0.75) * 4.0, 0, 1)
     iris_col = _c(p["iris"]) * iris_lum[:, None]
