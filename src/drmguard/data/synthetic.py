@@ -639,10 +639,10 @@ def _render_gaze(p, grid) -> np.ndarray:
 
     col = _fill(p["skin"], face.x.shape)
     _skin_texture(col, face.x, face.y, p, px)
-    # hair on the forehead, the hairline curving down towards the temples, ragged by strands
+    # hair on the forehead, the hairline curving down towards the temples
     hairline = _s(p["hairline"]) + 0.35 * (face.x / _s(fax)) ** 2
     strands = _strands(face.x, face.y, p["hair_uv"], px)
-    hair_cov = _cov(face.y - hairline + 0.025 * strands, _s(ptex))
+    hair_cov = _cov(face.y - hairline, _s(ptex))
     _mix(col, _hair_colour(p, strands), hair_cov)
     shade = _shade(face, p)
 
@@ -689,7 +689,7 @@ def _render_gaze(p, grid) -> np.ndarray:
                          hy - _s(p["hair_len"]))
     strands = _strands(hx, hy, p["hair_uv"][:, ::-1], px)
     hair_rgb = _hair_colour(p, strands) * _s(0.55 + 0.45 * p["ambient"])[:, None]
-    _mix(scene, hair_rgb, _cov(hair_sd + 0.02 * strands, _s(ptex)))
+    _mix(scene, hair_rgb, _cov(hair_sd, _s(ptex)))
     _mix(scene, col, face.alpha)
 
     # nose: a protruding ellipsoid with its own shading and dark nostrils underneath
@@ -725,10 +725,9 @@ def _gaze_eye(col, p, win, x, y, side, rot, centre, sc, gvec, light, px) -> None
     brow_y = _s(ey - p["brow_gap"] - p["lid_up"]) - 0.04 * (1.0 - bx * bx)
     brow_sd = np.maximum(np.abs(y - brow_y) - _s(p["brow_t"]) * (1.0 - 0.5 * bx * bx),
                          (np.abs(bx) - 1.0) * _s(w))
-    # brow hairs run along the brow: strands stretched horizontally, sparser at the ends
+    # brow hairs run along the brow: strands stretched horizontally
     hairs = _strands(y, x, p["hair_uv"], px, k_across=150.0, k_along=12.0)
-    _mix(col, _c(p["brow"]) * (1.0 + 0.3 * hairs)[:, None],
-         _cov(brow_sd, pt) * np.clip(0.8 + 0.5 * hairs - 0.3 * bx * bx, 0.0, 1.0))
+    _mix(col, _c(p["brow"]) * (1.0 + 0.3 * hairs)[:, None], _cov(brow_sd, pt))
     # lid crease shadow, and the lash line just above the upper lid
     crease = np.abs(y - (y_up - 0.035)) - 0.008 + np.maximum(np.abs(xr) - 0.9, 0.0) * _s(w)
     _mix(col, _c(p["skin"]) * 0.75, _cov(crease, pt) * 0.6)
@@ -846,7 +845,7 @@ def _render_head(p, grid) -> np.ndarray:
     hair_sd = (head.y / _s(ay) - _s(p["hairline"])
                - _s(p["hair_back"]) * (head.z / _s(az) + 0.75)) * _s(ay) * 0.6
     strands = _strands(np.arctan2(head.x, -head.z) * _F(0.55), head.y, p["hair_uv"], px_head)
-    hair_cov = _cov(hair_sd + 0.015 * strands, ptex)
+    hair_cov = _cov(hair_sd, ptex)
     _mix(col, _hair_colour(p, strands), hair_cov)
     if p["beard"].any():
         beard_sd = np.maximum(0.12 - head.y, np.abs(head.x) - 0.8 * _s(ax))
@@ -875,8 +874,8 @@ def _render_head(p, grid) -> np.ndarray:
         bx = dx / (_s(w) * 1.3)
         brow = np.maximum(np.abs(dy + _s(h) * 2.2 + 0.02 * (1 - bx * bx)) - _s(p["brow_t"]),
                           (np.abs(bx) - 1.0) * _s(w))
-        hairs = np.clip(0.8 + 0.5 * win.take(strands), 0.0, 1.0)
-        _mix(patch, _c(p["brow"]), _cov(brow, pt) * front * hairs)
+        hairs = 1.0 + 0.3 * win.take(strands)
+        _mix(patch, _c(p["brow"]) * hairs[:, None], _cov(brow, pt) * front)
         if p["glasses"].any():
             ring = np.abs(_ellipse_sd(dx, dy + 0.005, _s(w) * 1.45, _s(w) * 1.1)) - 0.008
             _mix(patch, _c(p["frame"]), _cov(ring, pt) * front * _s(p["glasses"]))
