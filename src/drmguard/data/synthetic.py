@@ -57,8 +57,8 @@ field with a natural-image spectrum (the *atlas*, amplitude ~ 1/f^1.25), low-pas
 pixel footprint so that detail finer than a pixel averages out instead of aliasing:
 
 - skin grain and reddish blotches, in surface coordinates (they move with the head);
-- hair strands (the atlas stretched along the strands) with a ragged hairline, brow hairs,
-  single eyelashes, beard stubble;
+- hair strands (the atlas stretched along the strands) in the hair's and the brows' colour,
+  beard stubble; single eyelashes (drawn, not sampled);
 - radial iris fibres about the iris centre and a dark limbus (gaze task);
 - background texture and clutter rectangles; Blinn-Phong highlights on the skin.
 
