@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from drmguard.errors import DrmguardError
-from drmguard.metrics import (attack_metrics, detection_metrics, feature_angles,
+from drmguard.metrics import (attack_metrics, detection_metrics, feature_angles, implanted,
                               rav_from_angles, regression_error, rnv_rav)
 from drmguard.models.split import RegressionModel
 from drmguard.tasks import get_task
@@ -80,9 +80,29 @@ def test_attack_metrics_by_hand():
     assert m["RE"] == pytest.approx((0 + 0.5 + 0 + 0.5) / 4)
     assert m["AE"] == pytest.approx(0.125)  # |0.5-0.5| + |0.25-0.5| over 2 components
     assert m["DAE"] == pytest.approx((0.375 + 0.375 + 0.375 + 0.625) / 4)
+    # clean outputs (1,0), (0,1), (0,0), (1,0) against y_t (0.5, 0.5)
+    assert m["CTE"] == pytest.approx((0.5 + 0.5 + 0.5 + 0.5) / 4)
+    assert implanted(m, fraction=0.5) and not implanted(m)  # AE 0.125 = 0.25 · CTE 0.5
     assert m["real_target"] == pytest.approx([0.5, 0.25])
     assert m["RNV"] == pytest.approx(0.0) and m["RAV"] == pytest.approx(0.0, abs=1e-6)
     assert regression_error(model, CLEAN, y, task) == pytest.approx(m["RE"])
+
+
+def test_implanted_criterion():
+    assert implanted({"AE": 1.2, "CTE": 22.0})  # a working cpu-profile backdoor
+    assert not implanted({"AE": 10.0, "CTE": 15.0})  # a weak pull towards the target
+    assert not implanted({"AE": 2.5, "CTE": 10.0})  # strictly below the fraction
+    assert implanted({"AE": 6.0, "CTE": 10.0}, fraction=0.7)
+    # outputs collapsed onto the label mean, the target one standard deviation away
+    assert not implanted({"AE": 13.0, "CTE": 21.0})
+    # multi-target: every target must be implanted
+    multi = {"AE": 1.0, "CTE": 10.0, "AE_per_target": [1.0, 9.0], "CTE_per_target": [10.0, 10.0]}
+    assert not implanted(multi) and implanted(multi, fraction=0.95)
+    for bad in ({"AE": 1.0}, {"AE": 1.0, "CTE": 2.0, "AE_per_target": [1.0, 1.0]}):
+        with pytest.raises(DrmguardError):
+            implanted(bad)
+    with pytest.raises(DrmguardError):
+        implanted({"AE": 1.0, "CTE": 10.0}, fraction=0.0)
 
 
 def test_detection_metrics_by_hand():

@@ -156,6 +156,7 @@ def test_headpose_yaw_moves_the_face_not_the_background():
     per["glasses"][:] = 0
     per["beard"][:] = 0
     per["noise"][:] = 0
+    per["shot"][:] = 0  # no sensor noise at all: read noise and shot noise
     for key in per:  # same subject and nuisances for both images
         per[key][1] = per[key][0] if key != "label" else per[key][1]
     img = _render("headpose", per, size)
@@ -186,3 +187,50 @@ def test_preview_writes_png(tmp_path):
 def test_preview_rejects_bad_count(tmp_path):
     with pytest.raises(DrmguardError):
         preview_grid(synth_gaze(4, size=16, subjects=2), str(tmp_path / "x.png"), n=0)
+
+
+def _mean_abs_gradient(images: np.ndarray) -> float:
+    lum = _luminance(images) / 255.0
+    return float((np.abs(np.diff(lum, axis=-1)).mean() + np.abs(np.diff(lum, axis=-2)).mean())
+                 / 2)
+
+
+@pytest.mark.parametrize("gen", GENERATORS)
+def test_images_carry_texture(gen):
+    # mean |adjacent-pixel difference| at 32 px: 0.033 (gaze) and 0.030 (head pose) for the
+    # untextured renderer of SYNTHETIC_VERSION 2, 0.054 and 0.052 now, 0.070 for a real face
+    images = gen(48, size=32, subjects=8, seed=0).images
+    assert _mean_abs_gradient(images) > 0.045
+
+
+def _cheek_texture(per: dict) -> float:
+    """High-pass energy of the left cheek of a noise-free, unblurred 64-px gaze image."""
+    for key in ("noise", "shot", "blur"):
+        per[key][:] = 0
+    img = _luminance(_render("gaze", per, 64)[0])
+    cheek = img[38:46, 14:22]
+    smooth = (cheek[:-2, 1:-1] + cheek[2:, 1:-1] + cheek[1:-1, :-2] + cheek[1:-1, 2:]) / 4
+    return float(np.abs(cheek[1:-1, 1:-1] - smooth).mean())
+
+
+def test_skin_has_grain():
+    # grey levels of high-pass residual: 0.16 for the untextured renderer (uint8 rounding of
+    # smooth shading), 1.1 now
+    assert _cheek_texture(_gaze_params()) > 0.3
+
+
+@pytest.mark.parametrize("task", ["gaze", "headpose"])
+def test_texture_belongs_to_the_subject(task):
+    per, subj = syn._params(task, 40, 4, 2)
+    texture_keys = set(syn._texture_identity(np.random.default_rng(0)))
+    i, j = np.flatnonzero(subj == 1)[:2]
+    k = np.flatnonzero(subj == 2)[0]
+    for key in texture_keys:  # every image of a subject carries the subject's texture
+        assert np.array_equal(per[key][subj == 1], np.repeat(per[key][i:i + 1], 10, axis=0))
+    for key in per.keys() - texture_keys:  # j (same subject), k (another): i's everything else
+        per[key][j] = per[key][k] = per[key][i]
+    for key in ("noise", "shot"):
+        per[key][:] = 0
+    img = _render(task, per, 32, seed=2)
+    assert np.array_equal(img[i], img[j])
+    assert np.abs(img[i].astype(int) - img[k]).max() > 10  # another subject's texture differs

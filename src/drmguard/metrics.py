@@ -131,6 +131,8 @@ def attack_metrics(model: RegressionModel, attack, ds: ArrayDataset | tuple, tas
     - RE: error to the true labels on clean inputs;
     - AE: error to y_t on poisoned inputs T(x) (all inputs, as in the paper);
     - DAE: error to the true labels on poisoned inputs;
+    - CTE: error to y_t on the *clean* inputs, F(x) against y_t: what AE would be if the trigger
+      did nothing (the reference of :func:`implanted`);
     - RNV, RAV: Eq. 3 on (x, T(x));
     - real_target: mean model output on the poisoned inputs (the paper's "real target"
       vector, which DRMGuard's target estimate is compared with).
@@ -159,13 +161,15 @@ def attack_metrics(model: RegressionModel, attack, ds: ArrayDataset | tuple, tas
     norm_c = h_c.double().norm(dim=1, keepdim=True)
     result = {"n": int(len(x)), "error_units": task.error_units,
               "RE": float(task.error(out_c, y).mean()), "aggregation": aggregation}
-    per = {"AE": [], "DAE": [], "RNV": [], "RAV": [], "target": [], "real_target": []}
+    per = {"AE": [], "DAE": [], "CTE": [], "RNV": [], "RAV": [], "target": [],
+           "real_target": []}
     for i, target in enumerate(attack.targets):
         h_p, out_p = _outputs_and_features(model, x, batch_size,
                                            transform=lambda xb, i=i: attack.apply_for(xb, i))
         t = target.to(out_p).expand_as(out_p)
         per["AE"].append(float(task.error(out_p, t).mean()))
         per["DAE"].append(float(task.error(out_p, y).mean()))
+        per["CTE"].append(float(task.error(out_c, target.to(out_c).expand_as(out_c)).mean()))
         per["RNV"].append(float(variance_ratio(h_p.double().norm(dim=1, keepdim=True), norm_c)))
         per["RAV"].append(float(rav_from_angles(_eval_angles(h_p, w), theta_c, aggregation)))
         per["target"].append(target.tolist())
@@ -175,6 +179,39 @@ def attack_metrics(model: RegressionModel, attack, ds: ArrayDataset | tuple, tas
         if len(attack.targets) > 1:
             result[f"{key}_per_target"] = values
     return result
+
+
+#: AE must be below this fraction of CTE for a backdoor to count as implanted (see implanted)
+IMPLANT_FRACTION = 0.25
+
+
+def implanted(metrics: dict, fraction: float = IMPLANT_FRACTION) -> bool:
+    """Whether a backdoor is implanted: AE < ``fraction`` · CTE, for every target.
+
+    ``metrics`` is an :func:`attack_metrics` result (or any dict with ``AE`` and ``CTE``, and
+    ``AE_per_target``/``CTE_per_target`` for multi-target attacks). AE is the error of F(T(x))
+    to the target; CTE the error of the clean outputs F(x) to the same target, i.e. the AE of
+    a model whose trigger does nothing. Measured against CTE rather than against RE or a
+    fixed number of degrees, it scales with how far the target is from what the model outputs
+    anyway.
+
+    The default 0.25 is chosen so that a trigger that merely collapses the outputs onto the
+    label mean does not count, for targets drawn at least one standard deviation from the mean
+    (:func:`drmguard.experiments.zoo.draw_target`): such a collapse gives AE/CTE ≥ 0.59 (gaze)
+    and ≥ 0.37 (head pose) on the synthetic label distributions, while the implanted cpu-profile
+    backdoors have AE ≈ 1–1.6° against CTE ≈ 20–30° (AE/CTE ≈ 0.05).
+    """
+    if not fraction > 0:
+        raise DrmguardError(f"the implant fraction must be positive, got {fraction!r}")
+    try:
+        ae = metrics.get("AE_per_target", [metrics["AE"]])
+        cte = metrics.get("CTE_per_target", [metrics["CTE"]])
+    except KeyError as err:
+        raise DrmguardError(f"implanted() needs attack metrics with AE and CTE, missing "
+                            f"{err}") from None
+    if len(ae) != len(cte) or not ae:
+        raise DrmguardError(f"{len(ae)} AE values but {len(cte)} CTE values")
+    return bool(all(a < fraction * c for a, c in zip(ae, cte)))
 
 
 # --- detection metrics ---------------------------------------------------------------------

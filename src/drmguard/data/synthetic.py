@@ -39,15 +39,37 @@ the image.
     stays hidden).
 
 Every subject's identity (skin tone, face shape, eye spacing and size, iris colour, hair colour
-and style, brows, nose, mouth, glasses, beard...) is drawn from its own RNG seeded by
-``(seed, task, subject)``, so subject ``k`` looks the same in every call with the same seed and
-subject-wise splits test generalisation to new faces. Per image nuisances: lighting direction
-and ambient level, colour cast, brightness and contrast, background colours and edges, small
-translation and scale jitter, pupil size, blur and sensor noise. Same arguments give
-byte-identical arrays.
+and style, brows, nose, mouth, glasses, beard, and its texture) is drawn from its own RNG seeded
+by ``(seed, task, subject)``, so subject ``k`` looks the same in every call with the same seed
+and subject-wise splits test generalisation to new faces. Per image nuisances: lighting
+direction, ambient level and specular strength, light fall-off and an optional soft shadow edge,
+colour cast, brightness and contrast, background colours, edges, clutter and texture, small
+translation and scale jitter, pupil size, blur and sensor noise (read and shot noise). Same
+arguments give byte-identical arrays.
+
+Texture
+-------
+Since ``SYNTHETIC_VERSION`` 3 the surfaces carry texture, so that image statistics (mean
+absolute gradient per pixel, power-spectrum slope) approach those of real face crops
+(``benchmarks/image_stats.py``, docs/synthetic.md) and small geometric triggers (WaNet's warp)
+change pixel values as they do on photographs. Everything samples one fixed periodic noise
+field with a natural-image spectrum (the *atlas*, amplitude ~ 1/f^1.25), low-passed to the
+pixel footprint so that detail finer than a pixel averages out instead of aliasing:
+
+- skin grain and reddish blotches, in surface coordinates (they move with the head);
+- hair strands (the atlas stretched along the strands) in the hair's and the brows' colour,
+  beard stubble; single eyelashes (drawn, not sampled);
+- radial iris fibres about the iris centre and a dark limbus (gaze task);
+- background texture and clutter rectangles; Blinn-Phong highlights on the skin.
+
+Where a subject's texture lies in the atlas is part of its identity, so its skin, hair and
+irises look the same in all its images; only geometry (and hence the labels) and the nuisances
+change between them.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -69,7 +91,7 @@ _MIN_SIZE, _MAX_SIZE = 8, 1024
 _CHUNK_PIXELS = 1 << 17  # pixels per chunk: arrays stay cache-sized, numpy overhead amortised
 _HEAD_ZOOM = 1.15  # head units -> image units for synth_headpose (the head fills the frame)
 # bump whenever the rendered images or labels change: cached zoo models depend on it
-SYNTHETIC_VERSION = 2
+SYNTHETIC_VERSION = 3
 _TAG = {"gaze": 1, "headpose": 2}  # separates the two generators' random streams
 _F = np.float32
 
@@ -122,7 +144,9 @@ def _check_args(n, size, subjects, seed) -> None:
 def _identity(task: str, subject: int, seed: int) -> dict:
     """Subject ``subject``'s looks, from an RNG of its own: the same in every call."""
     rng = np.random.default_rng([seed, _TAG[task], 1, subject])
-    return _gaze_identity(rng) if task == "gaze" else _head_identity(rng)
+    ident = _gaze_identity(rng) if task == "gaze" else _head_identity(rng)
+    ident.update(_texture_identity(rng))  # drawn last: the earlier looks keep their values
+    return ident
 
 
 def _params(task: str, n: int, subjects: int, seed: int) -> tuple[dict, np.ndarray]:
@@ -276,13 +300,14 @@ class _Hit:
 
     ``alpha`` coverage, ``depth`` camera z, ``x, y, z`` the hit point in the object's own frame
     divided by its scale (texture is defined in unscaled head units), ``lambert`` the diffuse
-    term, ``facing`` the |cosine| between surface normal and viewing direction.
+    term, ``facing`` the |cosine| between surface normal and viewing direction, ``spec`` a
+    Blinn-Phong highlight (exponent 16).
     """
 
-    __slots__ = ("alpha", "depth", "x", "y", "z", "lambert", "facing")
+    __slots__ = ("alpha", "depth", "x", "y", "z", "lambert", "facing", "spec")
 
 
-def _ellipsoid(u, v, centre, rot, axes, scale, light, px, facing=True) -> _Hit:
+def _ellipsoid(u, v, centre, rot, axes, scale, light, px, facing=True, shine=False) -> _Hit:
     """Ray-cast one ellipsoid per image: centre (B,3), rotation (B,3,3), semi-axes (B,3) in
     head units times ``scale`` (B,). Pixel rays are parallel to +z (orthographic camera).
 
@@ -318,6 +343,13 @@ def _ellipsoid(u, v, centre, rot, axes, scale, light, px, facing=True) -> _Hit:
         hit.facing = np.abs(nx * _s(rot[:, 2, 0]) + ny * _s(rot[:, 2, 1])
                             + nz * _s(rot[:, 2, 2]))
         hit.facing /= norm
+    if shine:  # the half vector between the light and the camera, in the object's frame
+        half = light + _F([0.0, 0.0, -1.0])
+        hh = np.einsum("bji,bj->bi", rot, half / np.linalg.norm(half, axis=1, keepdims=True))
+        spec = np.maximum(nx * _s(hh[:, 0]) + ny * _s(hh[:, 1]) + nz * _s(hh[:, 2]), 0) / norm
+        for _ in range(4):
+            spec *= spec
+        hit.spec = spec
     return hit
 
 
@@ -325,6 +357,12 @@ def _shade(hit: _Hit, p) -> np.ndarray:
     """Ambient plus Lambertian light, B×H×W."""
     amb = _s(p["ambient"])
     return amb + (1.0 - amb) * hit.lambert
+
+
+def _highlight(col, hit: _Hit, p, mask=None) -> None:
+    """Add the skin's specular highlight (white light) to shaded colours ``col`` in place."""
+    spec = hit.spec * _s(p["spec"] * p["shine"])
+    col += (spec if mask is None else spec * mask)[:, None]
 
 
 def _paint_part(scene, win: _Window, hit: _Hit, rgb, body_alpha, body_depth) -> None:
@@ -351,23 +389,54 @@ def _nuisance(rng, n) -> dict:
         "bg1": unif(0.05, 0.95, (n, 3)), "bg2": unif(0.05, 0.95, (n, 3)),
         "bg_angle": unif(0, 2 * np.pi, n), "bg_offset": unif(-1.2, 1.2, n),
         "bg_soft": np.exp(unif(np.log(0.02), np.log(1.5), n)),
-        "gain": unif(0.9, 1.1, (n, 3)), "bright": unif(0.8, 1.15, n),
-        "contrast": unif(0.8, 1.15, n),
-        "blur": unif(0.0, 0.35, n), "noise": unif(0.003, 0.012, n),
+        "gain": unif(0.9, 1.1, (n, 3)), "bright": unif(0.95, 1.4, n),
+        "contrast": unif(0.9, 1.3, n),
+        "blur": unif(0.0, 0.25, n), "noise": unif(0.003, 0.012, n),
         "shift_x": unif(-0.04, 0.04, n), "shift_y": unif(-0.04, 0.04, n),
         "scale": unif(0.96, 1.04, n),
+        # texture-era nuisances (drawn after the earlier ones, which keep their values)
+        "bg_uv": unif(0, _ATLAS, (n, 2)), "bg_tex": unif(0.1, 0.4, n),
+        "clutter_xy": unif(-1.1, 1.1, (n, _CLUTTER, 2)),
+        "clutter_wh": np.exp(unif(np.log(0.04), np.log(0.5), (n, _CLUTTER, 2))),
+        "clutter_rgb": unif(0.05, 0.95, (n, _CLUTTER, 3)),
+        "clutter_on": (unif(0, 1, (n, _CLUTTER)) < 0.75).astype(float),
+        "spec": unif(0.0, 0.35, n), "falloff": unif(-0.25, 0.25, (n, 2)),
+        "shot": unif(0.0, 0.03, n),
+        "shadow": unif(0.0, 0.35, n) * (unif(0, 1, n) < 0.4), "shadow_angle": unif(0, 2 * np.pi, n),
+        "shadow_offset": unif(-0.8, 0.8, n), "shadow_soft": unif(0.02, 0.3, n),
     }
 
 
 def _background(p, u, v) -> np.ndarray:
-    """Two colours separated by a soft edge at a random angle (from gradients to hard edges)."""
+    """Two colours separated by a soft edge at a random angle (from gradients to hard edges),
+    cluttered with rectangles of other colours (furniture, posters, windows) and textured."""
+    px = _F(2.0 / u.shape[-1])
     proj = u * _s(np.cos(p["bg_angle"])) + v * _s(np.sin(p["bg_angle"])) - _s(p["bg_offset"])
     m = _F(0.5) + _F(0.5) * np.tanh(proj / _s(2.0 * p["bg_soft"]))
-    return _mix(_fill(p["bg1"], m.shape), _c(p["bg2"]), m)
+    scene = _mix(_fill(p["bg1"], m.shape), _c(p["bg2"]), m)
+    for k in range(_CLUTTER):
+        xy, wh = p["clutter_xy"][:, k], p["clutter_wh"][:, k]
+        box = np.maximum(np.abs(u - _s(xy[:, 0])) - _s(wh[:, 0]),
+                         np.abs(v - _s(xy[:, 1])) - _s(wh[:, 1]))
+        _mix(scene, _c(p["clutter_rgb"][:, k]), _cov(box, px) * _s(p["clutter_on"][:, k]))
+    tex = _noise(u * _F(_TEXELS) + _s(p["bg_uv"][:, 0]), v * _F(_TEXELS) + _s(p["bg_uv"][:, 1]),
+                 _footprint(px, _TEXELS))
+    scene *= (1.0 + _s(p["bg_tex"]) * tex)[:, None]
+    return scene
 
 
 def _camera(img, p, rng) -> np.ndarray:
-    """Colour cast, exposure, optical blur and sensor noise; float B×3×H×W -> uint8 B×H×W×3."""
+    """Light fall-off, colour cast, exposure, optical blur, a tone curve and sensor noise (read
+    noise plus shot noise growing with the signal); float B×3×H×W -> uint8 B×H×W×3."""
+    size = img.shape[-1]
+    grid = (np.arange(size, dtype=_F) + _F(0.5)) * _F(2.0 / size) - _F(1.0)
+    u, v = grid[None, None, :], grid[None, :, None]
+    light = 1.0 + _s(p["falloff"][:, 0]) * u + _s(p["falloff"][:, 1]) * v
+    # a soft shadow edge across the frame (a window frame, a lamp's cut-off)
+    proj = u * _s(np.cos(p["shadow_angle"])) + v * _s(np.sin(p["shadow_angle"]))
+    light *= 1.0 - _s(p["shadow"] * 0.5) * (1.0 + np.tanh((proj - _s(p["shadow_offset"]))
+                                                         / _s(p["shadow_soft"])))
+    img *= light[:, None]
     # white balance, brightness and contrast (about mid-grey) as one affine map per channel
     img *= _c(p["gain"]) * _s(p["bright"] * p["contrast"])[:, None]
     img += _s(0.5 * (1.0 - p["contrast"]))[:, None]
@@ -376,16 +445,108 @@ def _camera(img, p, rng) -> np.ndarray:
     box = (box[:, :, :-2] + box[:, :, 1:-1] + box[:, :, 2:]) * _F(1.0 / 9.0)
     inner = img[:, :, 1:-1, 1:-1]
     inner += (box - inner) * _s(p["blur"])[:, None]
+    # the camera's tone curve: a soft shoulder above _KNEE instead of hard clipping
+    over = np.maximum(img - _F(_KNEE), _F(0.0))
+    img -= over
+    img += _F(1.0 - _KNEE) * np.tanh(over / _F(1.0 - _KNEE))
     # sensor noise: triangular (sum of two uniform bytes), zero mean, unit variance once scaled
     noise = rng.integers(0, 256, img.shape, dtype=np.uint8).astype(_F)
     noise += rng.integers(0, 256, img.shape, dtype=np.uint8)
     noise -= _F(255.0)
-    noise *= _s(p["noise"] * (255.0 / 104.2))[:, None]
+    sigma = np.sqrt(_s(p["noise"] ** 2)[:, None]
+                    + _s(p["shot"] ** 2)[:, None] * np.clip(img, 0.0, 1.0))
+    noise *= sigma * _F(255.0 / 104.2)
     img *= _F(255.0)
     img += noise
     img += _F(0.5)
     np.clip(img, 0.0, 255.0, out=img)
     return img.astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# texture: one periodic noise field (the atlas), sampled in surface or image coordinates
+# ---------------------------------------------------------------------------------------------
+_ATLAS = 512  # texels per side, a power of two (wrap-around by masking)
+_ATLAS_SEED = 20261201  # fixed: the atlas belongs to the renderer, not to a data set's seed
+_TEXELS = 160.0  # atlas texels per head unit (or image half-width) for skin and background
+_PORES = 600.0  # atlas texels per head unit for the skin's grain
+_CLUTTER = 5  # background rectangles per image
+_KNEE = 0.75  # the tone curve is linear below this level, compresses highlights above it
+# atlas texels per radian around the iris: 12 periods, so no coarse light/dark sectors that
+# would shift the iris's apparent centre (and the gaze it shows); unresolved below ~100 px
+_FIBRES = 6 * _ATLAS / np.pi
+
+
+@functools.lru_cache(maxsize=16)
+def _atlas(blur: float) -> np.ndarray:
+    """A periodic noise field with a natural-image spectrum (amplitude ~ 1/f^1.25), of unit
+    standard deviation before a Gaussian low-pass of ``blur`` texels (the pixel footprint:
+    texture finer than a pixel averages out, as in a camera, instead of aliasing)."""
+    n = _ATLAS
+    rng = np.random.default_rng(_ATLAS_SEED)
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(n), np.fft.rfftfreq(n), indexing="ij"))
+    spec = rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)
+    spec *= np.maximum(f, 1.0 / n) ** -1.25
+    spec[0, 0] = 0.0
+    spec /= np.fft.irfft2(spec, s=(n, n)).std()
+    return np.fft.irfft2(spec * np.exp(-2.0 * (np.pi * f * blur) ** 2), s=(n, n)).astype(_F)
+
+
+def _footprint(px, texels_per_unit) -> float:
+    """The low-pass (texels) for sampling at ``texels_per_unit`` with pixels ``px`` units wide;
+    quantised so that the atlases can be cached. It depends only on the image size, never on
+    other images of a chunk, so that every image is the same whatever the chunking."""
+    return float(np.clip(np.round(2.0 * px * texels_per_unit) / 4.0, 0.0, float(_ATLAS)))
+
+
+def _noise(tu, tv, blur: float) -> np.ndarray:
+    """The atlas (low-passed by ``blur`` texels) at texel coordinates ``tu, tv``: bilinear,
+    wrapping around."""
+    flat = _atlas(blur).reshape(-1)
+    fu, fv = np.floor(tu), np.floor(tv)
+    wu, wv = (tu - fu).astype(_F), (tv - fv).astype(_F)
+    mask = _ATLAS - 1
+    iu0, iv0 = fu.astype(np.int64) & mask, (fv.astype(np.int64) & mask) * _ATLAS
+    iu1, iv1 = (iu0 + 1) & mask, (iv0 + _ATLAS) & (_ATLAS * _ATLAS - 1)
+    top = np.take(flat, iv0 + iu0)
+    top += wu * (np.take(flat, iv0 + iu1) - top)
+    bottom = np.take(flat, iv1 + iu0)
+    bottom += wu * (np.take(flat, iv1 + iu1) - bottom)
+    top += wv * (bottom - top)
+    return top
+
+
+def _strands(across, along, offset, px_units, k_across=90.0, k_along=6.0):
+    """Hair strands: the atlas stretched ``k_across / k_along`` times along the strands, at
+    per-subject ``offset`` (B,2); ``across``/``along`` are coordinates in head units."""
+    return _noise(across * _F(k_across) + _s(offset[:, 0]),
+                  along * _F(k_along) + _s(offset[:, 1]), _footprint(px_units, k_across))
+
+
+def _texture_identity(rng) -> dict:
+    """A subject's texture: where its skin, hair and irises lie in the atlas, and contrasts."""
+    return {"skin_uv": rng.uniform(0, _ATLAS, 2), "hair_uv": rng.uniform(0, _ATLAS, 2),
+            "iris_uv": rng.uniform(0, _ATLAS, 2),
+            "skin_tex": rng.uniform(0.02, 0.06),  # mottling of the skin
+            "blush": rng.uniform(0.0, 0.25),  # reddish blotches
+            "hair_tex": rng.uniform(0.4, 0.7),  # contrast between strands
+            "shine": rng.uniform(0.3, 1.0)}  # specular strength of the skin
+
+
+def _skin_texture(col, x, y, p, px_units) -> None:
+    """Mottle the skin colour ``col`` (B×3×H×W, in place) at surface coordinates ``x, y``."""
+    uv = p["skin_uv"]
+    tex = _noise(x * _F(_PORES) + _s(uv[:, 0]), y * _F(_PORES) + _s(uv[:, 1]),
+                 _footprint(px_units, _PORES))
+    col *= (1.0 + _s(p["skin_tex"]) * tex)[:, None]
+    blotch = np.clip(_noise(x * _F(80.0) + _s(uv[:, 1]), y * _F(80.0) + _s(uv[:, 0]),
+                            _footprint(px_units, 80.0)), 0.0, None)
+    _mix(col, _c(p["skin"] * np.array([1.0, 0.7, 0.7], _F)), blotch * _s(p["blush"] * 0.5))
+
+
+def _hair_colour(p, strands) -> np.ndarray:
+    """Per-pixel hair colour B×3×H×W: the subject's hair colour, lighter and darker strands."""
+    return _c(p["hair"]) * (1.0 + _s(p["hair_tex"]) * np.clip(strands, -1.5, 1.5))[:, None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,13 +634,16 @@ def _render_gaze(p, grid) -> np.ndarray:
     fax, fay, faz = p["face_ax"], p["face_ay"], p["face_az"]
     centre = np.stack([p["shift_x"], 0.12 + p["shift_y"], zeros], 1)
     face = _ellipsoid(u, v, centre, rot, np.stack([fax, fay, faz], 1), sc, light, px,
-                      facing=False)
+                      facing=False, shine=True)
     ptex = px / sc  # one pixel in head units, (B,)
 
     col = _fill(p["skin"], face.x.shape)
+    _skin_texture(col, face.x, face.y, p, px)
     # hair on the forehead, the hairline curving down towards the temples
     hairline = _s(p["hairline"]) + 0.35 * (face.x / _s(fax)) ** 2
-    _mix(col, _c(p["hair"]), _cov(face.y - hairline, _s(ptex)))
+    strands = _strands(face.x, face.y, p["hair_uv"], px)
+    hair_cov = _cov(face.y - hairline, _s(ptex))
+    _mix(col, _hair_colour(p, strands), hair_cov)
     shade = _shade(face, p)
 
     # mouth: lips and the line between them
@@ -507,6 +671,7 @@ def _render_gaze(p, grid) -> np.ndarray:
                   light, px)
         win.put(col, patch)
     col *= shade[:, None]
+    _highlight(col, face, p, 1.0 - hair_cov)
     # glasses sit in front of the face: drawn after shading, in a band across the face
     if p["glasses"].any():
         gh = 1.05 * p["eye_w"] + p["glass_t"] + 0.01
@@ -522,7 +687,9 @@ def _render_gaze(p, grid) -> np.ndarray:
     hy = (v - _s(centre[:, 1])) / _s(sc)
     hair_sd = np.maximum(_ellipse_sd(hx, hy + 0.12, _s(fax + 0.12), _s(fay + 0.05)),
                          hy - _s(p["hair_len"]))
-    _mix(scene, _c(p["hair"] * (0.55 + 0.45 * p["ambient"])[:, None]), _cov(hair_sd, _s(ptex)))
+    strands = _strands(hx, hy, p["hair_uv"][:, ::-1], px)
+    hair_rgb = _hair_colour(p, strands) * _s(0.55 + 0.45 * p["ambient"])[:, None]
+    _mix(scene, hair_rgb, _cov(hair_sd, _s(ptex)))
     _mix(scene, col, face.alpha)
 
     # nose: a protruding ellipsoid with its own shading and dark nostrils underneath
@@ -558,12 +725,19 @@ def _gaze_eye(col, p, win, x, y, side, rot, centre, sc, gvec, light, px) -> None
     brow_y = _s(ey - p["brow_gap"] - p["lid_up"]) - 0.04 * (1.0 - bx * bx)
     brow_sd = np.maximum(np.abs(y - brow_y) - _s(p["brow_t"]) * (1.0 - 0.5 * bx * bx),
                          (np.abs(bx) - 1.0) * _s(w))
-    _mix(col, _c(p["brow"]), _cov(brow_sd, pt))
+    # brow hairs run along the brow: strands stretched horizontally
+    hairs = _strands(y, x, p["hair_uv"], px, k_across=150.0, k_along=12.0)
+    _mix(col, _c(p["brow"]) * (1.0 + 0.3 * hairs)[:, None], _cov(brow_sd, pt))
     # lid crease shadow, and the lash line just above the upper lid
     crease = np.abs(y - (y_up - 0.035)) - 0.008 + np.maximum(np.abs(xr) - 0.9, 0.0) * _s(w)
     _mix(col, _c(p["skin"]) * 0.75, _cov(crease, pt) * 0.6)
     lash = np.maximum(y_up - 0.018 - y, y - y_up) + beyond
     _mix(col, _c(p["hair"]) * 0.4, _cov(lash, pt))
+    # single lashes beyond the lash line, curving outwards, thinning towards their tips
+    tip = np.clip((y_up - y) / 0.05, 0.0, 1.0)
+    comb = np.cos(_F(2 * np.pi / 0.022) * (x + side * 0.02 * tip * tip)) * 0.5 + 0.5
+    _mix(col, _c(p["hair"]) * 0.35,
+         comb * comb * (1.0 - tip) * (tip > 0) * np.clip(1.2 - np.abs(xr), 0.0, 1.0) * 0.8)
 
     # eyeball: a sphere behind the opening, iris and pupil centred on the gaze direction
     r = p["ball_r"]
@@ -577,7 +751,16 @@ def _gaze_eye(col, p, win, x, y, side, rot, centre, sc, gvec, light, px) -> None
     r_iris = rad * p["iris_r"]
     ball = _fill(_SCLERA, dz.shape)
     ball *= (0.65 - 0.35 * dz / _s(rad))[:, None]
-    iris_col = _c(p["iris"]) * (0.6 + 0.4 * np.clip(1.2 - d_iris / _s(r_iris), 0, 1))[:, None]
+    # iris: radial fibres (the atlas in polar coordinates about the iris centre), a dark limbus
+    rel = d_iris / _s(r_iris)
+    angle = np.arctan2(win.v - _s(ec[:, 1] + rad * gvec[:, 1]),
+                       win.u - _s(ec[:, 0] + rad * gvec[:, 0]))
+    fibres = _noise(angle * _F(_FIBRES) + _s(p["iris_uv"][:, 0]),
+                    rel * _F(6.0) + _s(p["iris_uv"][:, 1]),
+                    _footprint(px, _FIBRES / 0.06))  # texels per unit at the inner radius
+    iris_lum = (0.6 + 0.4 * np.clip(1.2 - rel, 0, 1)) * (1.0 + 0.35 * fibres)
+    iris_lum *= 1.0 - 0.5 * np.clip((rel - 0.75) * 4.0, 0, 1)
+    iris_col = _c(p["iris"]) * iris_lum[:, None]
     _mix(ball, iris_col, _cov(d_iris - _s(r_iris), px))
     _mix(ball, _F(0.02), _cov(d_iris - _s(r_iris * p["pupil"]), px))
     # corneal glint where the normal bisects the light and view directions (gaze-independent)
@@ -650,18 +833,26 @@ def _render_head(p, grid) -> np.ndarray:
     light = _light(p)
     ax, ay, az = p["head_ax"], p["head_ay"], p["head_az"]
     centre = np.stack([p["shift_x"], p["shift_y"] - 0.05, zeros], 1)
-    head = _ellipsoid(u, v, centre, rot, np.stack([ax, ay, az], 1), sc, light, px)
+    head = _ellipsoid(u, v, centre, rot, np.stack([ax, ay, az], 1), sc, light, px,
+                      shine=True)
+    px_head = px / _F(_HEAD_ZOOM)  # one pixel in head units (at scale 1)
 
     col = _fill(p["skin"], head.x.shape)
-    # hair above a plane through the head that rises from the forehead to the nape
+    _skin_texture(col, head.x, head.y, p, px_head)
+    # hair above a plane through the head that rises from the forehead to the nape; strands
+    # run along the meridians from the crown
     ptex = (px / _s(sc)) / np.maximum(head.facing, 0.3)  # a texel's footprint grows at grazing
     hair_sd = (head.y / _s(ay) - _s(p["hairline"])
                - _s(p["hair_back"]) * (head.z / _s(az) + 0.75)) * _s(ay) * 0.6
-    _mix(col, _c(p["hair"]), _cov(hair_sd, ptex))
+    strands = _strands(np.arctan2(head.x, -head.z) * _F(0.55), head.y, p["hair_uv"], px_head)
+    hair_cov = _cov(hair_sd, ptex)
+    _mix(col, _hair_colour(p, strands), hair_cov)
     if p["beard"].any():
         beard_sd = np.maximum(0.12 - head.y, np.abs(head.x) - 0.8 * _s(ax))
         beard_sd = np.maximum(beard_sd, head.z + 0.05)  # front half only
-        _mix(col, _c(p["hair"]) * 0.8, _cov(beard_sd, ptex) * _s(p["beard"]) * 0.85)
+        stubble = np.clip(0.85 + 0.4 * strands, 0.0, 1.0)
+        _mix(col, _hair_colour(p, strands) * 0.8,
+             _cov(beard_sd, ptex) * _s(p["beard"]) * stubble)
 
     # face features, in a window around the face's projected centre
     fc = _place(centre, rot, sc, np.stack([zeros, zeros + 0.1, zeros - az], 1))
@@ -683,12 +874,14 @@ def _render_head(p, grid) -> np.ndarray:
         bx = dx / (_s(w) * 1.3)
         brow = np.maximum(np.abs(dy + _s(h) * 2.2 + 0.02 * (1 - bx * bx)) - _s(p["brow_t"]),
                           (np.abs(bx) - 1.0) * _s(w))
-        _mix(patch, _c(p["brow"]), _cov(brow, pt) * front)
+        hairs = 1.0 + 0.3 * win.take(strands)
+        _mix(patch, _c(p["brow"]) * hairs[:, None], _cov(brow, pt) * front)
         if p["glasses"].any():
             ring = np.abs(_ellipse_sd(dx, dy + 0.005, _s(w) * 1.45, _s(w) * 1.1)) - 0.008
             _mix(patch, _c(p["frame"]), _cov(ring, pt) * front * _s(p["glasses"]))
     win.put(col, patch)
     col *= _shade(head, p)[:, None]
+    _highlight(col, head, p, 1.0 - hair_cov)
 
     scene = _background(p, u, v)
     torso = _ellipse_sd(u - _s(centre[:, 0] * 0.5), v - 1.25, _F(0.95), _F(0.55))
