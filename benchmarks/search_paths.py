@@ -14,6 +14,7 @@ AUC and the verdicts at each τ). No scan is run here: it reads the zoo cache.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def main(argv=None) -> None:
     ap.add_argument("--task", default="gaze")
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--out", default="results/dev/search-paths-gaze-cpu")
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     task = get_task(args.task)
     scans = load(Path(args.cache), args.task, args.first_seed)

@@ -356,3 +356,27 @@ def parse_options(items: Sequence[str]) -> dict:
             raise DrmguardError(f"--option takes key=value, got '{item}'")
         opts[key.strip()] = parse_option_value(value.strip())
     return opts
+
+
+TARGET_MIN_SD = 1.0
+
+
+def draw_target(train_targets: np.ndarray, seed: int, count: int = 1,
+                min_sd: float = TARGET_MIN_SD) -> list[list[float]]:
+    """Attack target vectors: labels of random training samples (in-distribution, seeded) that
+    lie at least ``min_sd`` standard deviations from the label mean, in the per-component
+    standardised Euclidean distance ‖(y − mean) / std‖.
+
+    A target next to the label mean would be hard to tell from a model whose outputs collapse
+    towards the mean (which a strong trigger can cause in any model, backdoored or not).
+    """
+    y = np.asarray(train_targets, dtype=np.float64)
+    sd = y.std(axis=0)
+    dist = np.linalg.norm((y - y.mean(axis=0)) / np.where(sd > 0, sd, 1.0), axis=1)
+    eligible = np.flatnonzero(dist >= min_sd)
+    if len(eligible) < count:
+        raise DrmguardError(f"only {len(eligible)} training labels lie {min_sd} standard "
+                            f"deviations from the label mean; {count} attack targets needed")
+    rng = np.random.default_rng(10_000 + seed)
+    idx = rng.choice(eligible, size=count, replace=False)
+    return [train_targets[i].astype(float).tolist() for i in idx]

@@ -51,7 +51,7 @@ def attack_cmd(
     from dataclasses import replace
 
     from ..attacks import attack_class, attack_train_config, make_attack
-    from ..attacks.base import parse_options
+    from ..attacks.base import draw_target, parse_options
     from ..data import load_dataset, split_dataset
     from ..metrics import attack_metrics
     from ..models.io import save_model
@@ -88,9 +88,7 @@ def attack_cmd(
     if target:
         targets = parse_targets(target)
     else:
-        rng = np.random.default_rng(10_000 + seed)
-        idx = rng.choice(len(ds), size=cls.num_targets, replace=False)
-        targets = [ds.targets[i].astype(float).tolist() for i in idx]
+        targets = draw_target(ds.targets, seed, cls.num_targets)
         typer.echo("target: " + "; ".join(",".join(f"{v:.4g}" for v in r) for r in targets))
     atk = make_attack(cls.name, targets if len(targets) > 1 else targets[0], task=t,
                       image_size=ds.image_size, channels=ds.channels, seed=seed,

@@ -265,6 +265,7 @@ def plot(rec: dict, path: str) -> None:
         ax.axvline(rec["tau"], color="red", lw=0.8)
         ax.set_xscale("symlog", linthresh=1e-3)
         ax.set_ylim(0, 1.3)
+        ax.set_xlim(left=0)
         ax.set_title(a)
         ax.set_xlabel("R")
         ax.set_ylabel("collapse ratio")
