@@ -26,9 +26,12 @@ def test_identification_and_mitigation_tiny(tmp_path):
     assert other["train"][0]["seconds"] is None and other["detect"][0]["seconds"] > 0
     assert {r["attack"] for r in rec["models"]} == {None, "badnets"}
     s = rec["summary"][0]
-    assert s["TP"] + s["FP"] + s["FN"] + s["TN"] == 2
+    assert s["TP"] + s["FP"] + s["FN"] + s["TN"] + s["not_implanted"] == 2
     bd = [r for r in rec["models"] if r["attack"] == "badnets"][0]  # one backdoored model
-    assert bd["target_error"] is not None and s["target_error_mean"] == bd["target_error"]
+    assert bd["implanted"] in (True, False) and bd["CTE"] > 0  # measured on a fresh zoo
+    assert s["not_implanted"] == (0 if bd["implanted"] else 1)
+    assert bd["target_error"] is not None
+    assert s["target_error_mean"] == (bd["target_error"] if bd["implanted"] else None)
     assert bd["real_trigger_R"] > 0 and 0 <= bd["real_trigger_collapse"]  # the attack's trigger
     assert [r["real_trigger_R"] for r in rec["models"] if r["attack"] is None] == [None]
     saved = json.loads((out / "identification-gaze-tiny.json").read_text())
@@ -201,3 +204,20 @@ def test_trigger_response_tiny(tmp_path):
     again = run_trigger_response("gaze", ["badnets", "wanet"], 1, 1, "tiny", first_seed=100,
                                  cache_dir=str(cache), out_dir=str(out), progress=False)
     assert again["models"] == rec["models"]
+
+
+def test_models_whose_attack_did_not_implant_are_no_positives():
+    from drmguard.experiments.identification import implant_status, summarise
+
+    def rec(attack, score, implanted):
+        return {"defense": "drmguard", "attack": attack, "score": score, "flagged": score > 0,
+                "implanted": implanted, "target_error": None}
+
+    records = [rec(None, -1.0, None), rec(None, -0.9, None),
+               rec("wanet", 0.5, True), rec("wanet", -2.0, False), rec("wanet", -0.5, None)]
+    (s,) = summarise(records, ["drmguard"], ["wanet"])
+    assert s["not_implanted"] == 1 and (s["TP"], s["FN"], s["FP"], s["TN"]) == (1, 1, 0, 2)
+    assert s["roc_auc"] == 1.0  # the unimplanted model (lowest score) is left out
+    assert implant_status({"AE": 1.0, "CTE": 20.0}, True) is True
+    assert implant_status({"AE": 9.0, "CTE": 20.0}, True) is False
+    assert implant_status({"AE": 1.0}, True) is None and implant_status({}, False) is None

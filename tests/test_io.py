@@ -120,7 +120,7 @@ def test_scripted_foreign_model_needs_input_size(tmp_path):
     net = TwoLinear().eval()
     f = tmp_path / "foreign.pt"
     torch.jit.script(net).save(str(f))
-    with pytest.raises(DrmguardError, match="--input-size"):
+    with pytest.raises(DrmguardError, match="`input_size`"):
         load_model(f)
     back, meta = load_model(f, input_size="8,8")
     assert meta["scripted_head"] == "out_layer"  # not 'early', which also has 2 outputs
@@ -136,7 +136,7 @@ def test_scripted_foreign_model_needs_input_size(tmp_path):
 def test_torchscript_head_not_linear_is_explained(tmp_path):
     f = tmp_path / "tanh.pt"
     torch.jit.script(TanhHead().eval()).save(str(f))
-    with pytest.raises(DrmguardError, match="--feature-layer"):
+    with pytest.raises(DrmguardError, match="`feature_layer`"):
         load_model(f, input_size=8)
     with pytest.raises(DrmguardError, match="not W·h\\+b of linear layer 'fc'"):
         load_model(f, input_size=8, feature_layer="fc")
@@ -242,7 +242,7 @@ def test_arch_factory_with_safetensors(user_arch):
     torch.testing.assert_close(model2.head.weight, net.regressor.weight)
     # saved as a drmguard directory, it reloads only when the code is named again
     save_model_any(model, user_arch / "saved", meta)
-    with pytest.raises(DrmguardError, match="--arch my_gaze_arch:build"):
+    with pytest.raises(DrmguardError, match="`arch` my_gaze_arch:build"):
         load_model(user_arch / "saved")
     back, _ = load_model(user_arch / "saved", arch="my_gaze_arch:build")
     torch.testing.assert_close(back(x), model(x))
@@ -261,7 +261,7 @@ def test_arch_errors(user_arch, arch, needle):
 
 def test_arch_weights_mismatch(user_arch):
     save_file({"conv.weight": torch.zeros(1)}, str(user_arch / "w.safetensors"))
-    with pytest.raises(DrmguardError, match="does not match --arch"):
+    with pytest.raises(DrmguardError, match="does not match `arch`"):
         load_model("w.safetensors", arch="my_gaze_arch:build", input_size=16)
 
 
@@ -279,7 +279,7 @@ def test_registry_arch_with_weights(tmp_path):
 
 def test_safetensors_alone_asks_for_arch(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
-    with pytest.raises(DrmguardError, match="--arch"):
+    with pytest.raises(DrmguardError, match="`arch`"):
         load_model(tmp_path / "w.safetensors")
 
 
@@ -289,7 +289,7 @@ def test_drmguard_dir_feature_layer_and_option_conflicts(tmp_path):
     save_model(model, tmp_path / "m", model_meta(model, "small_resnet", GAZE, {"widths": [4, 8]}))
     back, meta = load_model(tmp_path / "m", feature_layer="fc")
     assert back.head_name == "fc"
-    with pytest.raises(DrmguardError, match="drop --mean"):
+    with pytest.raises(DrmguardError, match="drop `mean`"):
         load_model(tmp_path / "m", mean=[0.1, 0.1, 0.1])
     with pytest.raises(DrmguardError, match="no layer 'nope'"):
         load_model(tmp_path / "m", feature_layer="nope")
@@ -298,7 +298,7 @@ def test_drmguard_dir_feature_layer_and_option_conflicts(tmp_path):
 def test_feature_layer_override_on_module(tmp_path):
     net = TanhHead().eval()
     torch.save(net, tmp_path / "tanh.pt")
-    with pytest.raises(DrmguardError, match="--feature-layer NAME.*linear layers: fc"):
+    with pytest.raises(DrmguardError, match="`feature_layer` NAME.*linear layers: fc"):
         load_model(tmp_path / "tanh.pt", allow_pickle=True, input_size=8)
     model, meta = load_model(tmp_path / "tanh.pt", allow_pickle=True, input_size=8,
                              feature_layer="fc")

@@ -53,7 +53,7 @@ def test_split_custom_module():
 
 
 def test_split_error_without_final_linear():
-    with pytest.raises(DrmguardError, match="feature-layer"):
+    with pytest.raises(DrmguardError, match="`feature_layer`"):
         RegressionModel(NoLinearHead(), (8, 8))
 
 

@@ -353,7 +353,7 @@ def parse_options(items: Sequence[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise DrmguardError(f"--option takes key=value, got '{item}'")
+            raise DrmguardError(f"`option` takes key=value, got '{item}'")
         opts[key.strip()] = parse_option_value(value.strip())
     return opts
 

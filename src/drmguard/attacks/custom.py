@@ -52,10 +52,10 @@ class Custom(PatchAttack, Attack):
         super()._validate()
         o = self.options
         if (o["patch"] is None) == (o["blend"] is None):
-            raise DrmguardError("the custom attack needs either a patch image (--patch, "
-                                "optionally --mask) or a blend image (--blend)")
+            raise DrmguardError("the custom attack needs either a patch image (`patch`, "
+                                "optionally `mask`) or a blend image (`blend`)")
         if o["blend"] is not None and o["mask"] is not None:
-            raise DrmguardError("--mask goes with --patch, not with --blend")
+            raise DrmguardError("`mask` goes with `patch`, not with `blend`")
         if not 0 < float(o["alpha"]) < 1:
             raise DrmguardError(f"alpha must be in (0, 1), got {o['alpha']}")
 

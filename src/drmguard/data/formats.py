@@ -28,7 +28,7 @@ def save_folder(ds: ArrayDataset, out_dir: str | os.PathLike, progress: bool = T
                 overwrite: bool = False) -> Path:
     out = Path(out_dir)
     if (out / LABELS_CSV).exists() and not overwrite:
-        raise DrmguardError(f"{out} already holds a dataset; choose another --out")
+        raise DrmguardError(f"{out} already holds a dataset; choose another `out`")
     (out / "images").mkdir(parents=True, exist_ok=True)
     names = ds.target_names or [f"y{i}" for i in range(ds.target_dim)]
     width = max(5, len(str(len(ds))))
@@ -120,7 +120,7 @@ def save_npz(ds: ArrayDataset, out_file: str | os.PathLike, overwrite: bool = Fa
     if out.suffix != ".npz":
         out = out.with_suffix(".npz")
     if out.exists() and not overwrite:
-        raise DrmguardError(f"{out} already exists; choose another --out")
+        raise DrmguardError(f"{out} already exists; choose another `out`")
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if ds.subjects is None else {"subjects": ds.subjects}
     np.savez_compressed(out, images=ds.images, targets=ds.targets, task=np.array(ds.task),

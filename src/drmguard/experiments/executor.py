@@ -172,7 +172,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise DrmguardError("--executor ray needs Ray: pip install 'drmguard[ray]'") from None
+        raise DrmguardError("`executor` ray needs Ray: pip install 'drmguard[ray]'") from None
     return ray
 
 
@@ -200,11 +200,11 @@ class Executor:
     def __init__(self, workers: int = 1, backend: str = "local", address: str | None = None,
                  progress: bool = True):
         if workers < 1:
-            raise DrmguardError(f"--workers must be at least 1, got {workers}")
+            raise DrmguardError(f"`workers` must be at least 1, got {workers}")
         if backend not in BACKENDS:
             raise DrmguardError(f"unknown executor '{backend}' (choose {', '.join(BACKENDS)})")
         if address and backend != "ray":
-            raise DrmguardError("--address is for --executor ray")
+            raise DrmguardError("`address` is for `executor` ray")
         if backend == "ray":
             _import_ray()
             if address:

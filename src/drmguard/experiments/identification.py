@@ -160,21 +160,35 @@ def target_error(task, estimate, real_target) -> float | None:
                             torch.tensor([real_target], dtype=torch.float32)).mean())
 
 
+def implant_status(att: dict, backdoored: bool) -> bool | None:
+    """Whether a zoo model's attack implanted (:func:`~drmguard.metrics.implanted`); None for
+    a benign model, or for attack metrics recorded before CTE was (``--rescan`` adds it)."""
+    from ..metrics import implanted
+
+    if not backdoored or "CTE" not in att:
+        return None
+    return implanted(att)
+
+
 def summarise(records: list[dict], defenses: list[str], attacks: list[str]) -> list[dict]:
     """Confusion counts, accuracy, ROC-AUC and the mean target-estimate error (over the
-    backdoored models) per (defence, attack) and over all attacks."""
+    backdoored models) per (defence, attack) and over all attacks. Backdoored models whose
+    attack did not implant (``implanted`` False) are not positives: they are left out of the
+    counts and counted apart (``not_implanted``)."""
     from ..metrics import detection_metrics
 
     rows = []
     for d in defenses:
         for a in [*attacks, "all"] if len(attacks) > 1 else attacks:
-            sel = [r for r in records if r["defense"] == d and
-                   (r["attack"] is None or a == "all" or r["attack"] == a)]
+            mine = [r for r in records if r["defense"] == d and
+                    (r["attack"] is None or a == "all" or r["attack"] == a)]
+            sel = [r for r in mine if r.get("implanted") is not False]
             m = detection_metrics([r["attack"] is not None for r in sel],
                                   [r["score"] for r in sel], [r["flagged"] for r in sel])
             errs = [r["target_error"] for r in sel
                     if r["attack"] is not None and r.get("target_error") is not None]
             rows.append({"defense": d, "attack": a, **m,
+                         "not_implanted": len(mine) - len(sel),
                          "target_error_mean": sum(errs) / len(errs) if errs else None})
     return rows
 
@@ -261,7 +275,8 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                 "seed": spec.seed, "defense": d, "score": det["score"],
                 "flagged": det["backdoored"], "target_estimate": det.get("target_estimate"),
                 "real_target": att.get("real_target"), "RE": att.get("RE"),
-                "AE": att.get("AE"), "DAE": att.get("DAE"),
+                "AE": att.get("AE"), "DAE": att.get("DAE"), "CTE": att.get("CTE"),
+                "implanted": implant_status(att, spec.backdoored),
                 "target_error": target_error(t, det.get("target_estimate"),
                                              att.get("real_target")),
                 "real_trigger_R": real.get("R"),
@@ -285,6 +300,8 @@ def format_counts(n) -> str:
 
 
 def to_markdown(rec: dict) -> str:
+    from ..metrics import IMPLANT_FRACTION
+
     head = (f"# Backdoor identification — {rec['task']}, profile {rec['profile']}"
             + (f", {rec['arch']}" if rec.get("arch") else "") + "\n\n"
             f"{rec['n_benign']} benign models and {format_counts(rec['n_backdoored'])} "
@@ -292,17 +309,23 @@ def to_markdown(rec: dict) -> str:
             + (f" (first {rec['benign_limit']} images)" if rec.get("benign_limit") else "")
             + (f"; DRMGuard overrides {rec['overrides']}" if rec.get("overrides") else "") + ".\n\n")
     rows = [[s["defense"], s["attack"], s["TP"], s["FP"], s["FN"], s["TN"], s["accuracy"],
-             s["roc_auc"], s.get("target_error_mean")] for s in rec["summary"]]
+             s["roc_auc"], s.get("target_error_mean"), s.get("not_implanted")]
+            for s in rec["summary"]]
     table = md_table(["defence", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC",
-                      "estimate error (mean)"], rows)
+                      "estimate error (mean)", "not implanted (left out)"], rows)
     mrows = [[r["model"], r["defense"], r["score"], r["flagged"], r["RE"], r["AE"], r["DAE"],
-              r.get("real_trigger_R"), r.get("real_trigger_collapse"), r["target_estimate"],
-              r["real_target"], r.get("target_error"), r["seconds"]]
+              r.get("CTE"), r.get("implanted"), r.get("real_trigger_R"),
+              r.get("real_trigger_collapse"), r["target_estimate"], r["real_target"],
+              r.get("target_error"), r["seconds"]]
              for r in rec["models"]]
-    models = md_table(["model", "defence", "score", "flagged", "RE", "AE", "DAE", "real R",
-                       "real collapse", "target estimate", "real target", "estimate error",
-                       "seconds"], mrows)
+    models = md_table(["model", "defence", "score", "flagged", "RE", "AE", "DAE", "CTE",
+                       "implanted", "real R", "real collapse", "target estimate", "real target",
+                       "estimate error", "seconds"], mrows)
     note = ("\n\n*real R*, *real collapse*: R and collapse ratio of the attack's own trigger on "
             "D_b — what DRMGuard's rule (R < τ and collapse below its threshold) would see had "
-            "the search found exactly that trigger.\n")
+            "the search found exactly that trigger. *implanted*: AE < "
+            f"{IMPLANT_FRACTION:g} · CTE (CTE: the "
+            "clean outputs' error to the target; `drmguard.metrics.implanted`); a backdoored "
+            "model whose attack did not implant is no positive and is left out of the counts "
+            "above; – : recorded before CTE was measured (`--rescan` measures it).\n")
     return head + table + "\n\n## Per model\n\n" + models + note

@@ -93,8 +93,8 @@ def _load_factory(p: Path, r: LoadRequest):
 
 
 def _load_native(p: Path, r: LoadRequest):
-    for name, val in (("--input-size", r.input_size), ("--mean", r.mean), ("--std", r.std),
-                      ("--weights", r.weights)):
+    for name, val in (("`input_size`", r.input_size), ("`mean`", r.mean), ("`std`", r.std),
+                      ("`weights`", r.weights)):
         if val is not None:
             raise DrmguardError(f"{p} is a drmguard model, which records its own input "
                                 f"size and normalisation; drop {name}")
@@ -102,7 +102,7 @@ def _load_native(p: Path, r: LoadRequest):
 
 
 def _weights_only(p: Path, r: LoadRequest):
-    raise DrmguardError(f"{p} holds only weights; pass --arch module:factory (your model "
+    raise DrmguardError(f"{p} holds only weights; pass `arch` module:factory (your model "
                         f"code) or a built-in architecture ({', '.join(ARCHS)})")
 
 
@@ -144,7 +144,7 @@ def load_model(path: str | os.PathLike | None, allow_pickle: bool = False,
     if weights is not None and not Path(weights).exists():
         raise DrmguardError(f"weights file {weights} does not exist")
     if weights is not None and arch is None:
-        raise DrmguardError("--weights needs --arch (the architecture the weights belong to)")
+        raise DrmguardError("`weights` needs `arch` (the architecture the weights belong to)")
     fmt = detect_format(p)
     if arch is not None and fmt != "drmguard":
         fmt = "factory"

@@ -42,8 +42,8 @@ def find_head(net: nn.Module, example: torch.Tensor) -> str:
         if o.shape == out.shape and torch.equal(o, out):
             return name
     raise DrmguardError(
-        "the model's output does not come from a final nn.Linear layer; pass --feature-layer "
-        "NAME with the name of the linear head (see `drmguard scan --help`)")
+        "the model's output does not come from a final nn.Linear layer; pass `feature_layer` "
+        "NAME with the name of the linear head")
 
 
 class RegressionModel(nn.Module):

@@ -56,7 +56,7 @@ def _norm_values(vals, channels: int, what: str) -> list[float] | None:
         raise DrmguardError(f"--{what} needs {channels} values (one per input channel), got "
                             f"{len(vals)}")
     if what == "std" and min(vals) <= 0:
-        raise DrmguardError(f"--std values must be positive, got {vals}")
+        raise DrmguardError(f"`std` values must be positive, got {vals}")
     return vals
 
 
@@ -102,11 +102,11 @@ def _wrap_module(net: nn.Module, size: tuple, mean, std, feature_layer: str | No
         try:
             model = RegressionModel(net, (h, w), ch, m, s, head=feature_layer)
         except DrmguardError as e:
-            if "feature-layer" in str(e):
+            if "`feature_layer`" in str(e):  # split.py: no final linear layer
                 linears = _linear_names(net)
                 raise DrmguardError(
                     f"the output of {source} does not come from a final linear layer; pass "
-                    f"--feature-layer NAME naming the layer whose input is the feature vector "
+                    f"`feature_layer` NAME naming the layer whose input is the feature vector "
                     f"(linear layers: {', '.join(linears) or 'none'})") from None
             raise DrmguardError(f"{source}: {e}") from None
         except Exception as e:  # the net failed on the probe input
@@ -116,7 +116,7 @@ def _wrap_module(net: nn.Module, size: tuple, mean, std, feature_layer: str | No
         return model.eval()
     what = f"{c}×{h}×{w}" if c else f"3×{h}×{w} or 1×{h}×{w}"
     raise DrmguardError(f"{source} fails on a {what} input ({first_line(last_error)}); pass "
-                        "--input-size C,H,W with the size it expects")
+                        "`input_size` C,H,W with the size it expects")
 
 
 def _check_explicit_head(model: RegressionModel, feature_layer, source, notes) -> None:
@@ -150,7 +150,7 @@ def _check_outputs(model: RegressionModel, task, num_outputs, source) -> Task | 
         t = get_task(name)
     if t.dim != k:
         raise DrmguardError(f"{source} outputs {k} values but task {t.name} has {t.dim} "
-                            f"({', '.join(t.target_names)}); pass --task generic or another model")
+                            f"({', '.join(t.target_names)}); pass `task`=generic or another model")
     return t
 
 

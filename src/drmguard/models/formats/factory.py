@@ -33,25 +33,25 @@ def _call_factory(spec: str, num_outputs: int | None, kwargs: dict | None = None
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
-        raise DrmguardError(f"cannot import module '{mod_name}' for --arch {spec}: {e} "
+        raise DrmguardError(f"cannot import module '{mod_name}' for `arch` {spec}: {e} "
                             "(it must be in the current directory or on PYTHONPATH)") from None
     factory = module
     for part in fn_name.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
-            raise DrmguardError(f"module '{mod_name}' has no '{fn_name}' (from --arch {spec})")
+            raise DrmguardError(f"module '{mod_name}' has no '{fn_name}' (from `arch` {spec})")
     if not callable(factory):
-        raise DrmguardError(f"--arch {spec}: '{fn_name}' is not callable")
+        raise DrmguardError(f"`arch` {spec}: '{fn_name}' is not callable")
     kw = dict(kwargs or {})
     if num_outputs is not None:
         kw["num_outputs"] = int(num_outputs)
     try:
         net = factory(**kw)
     except TypeError as e:
-        raise DrmguardError(f"--arch {spec}: calling {fn_name}({', '.join(f'{k}=' for k in kw)})"
+        raise DrmguardError(f"`arch` {spec}: calling {fn_name}({', '.join(f'{k}=' for k in kw)})"
                             f" failed: {e}") from None
     if not isinstance(net, nn.Module):
-        raise DrmguardError(f"--arch {spec} returned a {type(net).__name__}, not an nn.Module")
+        raise DrmguardError(f"`arch` {spec} returned a {type(net).__name__}, not an nn.Module")
     return net
 
 
@@ -76,7 +76,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # includes pickles that reference code: refused, never executed
         raise DrmguardError(f"{p} is not a plain state dict ({first_line(e)}); convert it to "
-                            "safetensors, or load a pickled module with --allow-pickle") from None
+                            "safetensors, or load a pickled module with `allow_pickle`") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -100,12 +100,12 @@ def load_arch_weights(arch: str, weights: str | os.PathLike, input_size=None, me
     notes: list[str] = []
     size = parse_input_size(input_size)
     if size is None:
-        raise DrmguardError(f"--arch {arch}: pass --input-size H,W (or C,H,W) for the model")
+        raise DrmguardError(f"`arch` {arch}: pass `input_size` H,W (or C,H,W) for the model")
     if arch in ARCHS:
         if num_outputs is None and isinstance(state.get("fc.weight"), torch.Tensor):
             num_outputs = state["fc.weight"].shape[0]
         if num_outputs is None:
-            raise DrmguardError(f"--arch {arch} needs the number of outputs: pass --task")
+            raise DrmguardError(f"`arch` {arch} needs the number of outputs: pass `task`")
         net = build_model(arch, int(num_outputs), size[0] or 3)
         size = (size[0] or 3, size[1], size[2])
     elif _is_factory_spec(arch):
@@ -116,11 +116,11 @@ def load_arch_weights(arch: str, weights: str | os.PathLike, input_size=None, me
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise DrmguardError(f"{p} does not match --arch {arch}: {first_line(e)}") from None
+        raise DrmguardError(f"{p} does not match `arch` {arch}: {first_line(e)}") from None
     if mean is None and std is None:
         notes.append(f"no input normalisation given for {p.name}: assuming the model takes "
                      "images in [0, 1]; pass --mean/--std if it expects normalised input")
-    model = _wrap_module(net.eval(), size, mean, std, feature_layer, f"--arch {arch}", notes)
+    model = _wrap_module(net.eval(), size, mean, std, feature_layer, f"`arch` {arch}", notes)
     meta = _foreign_meta(model, "arch", p, {}, notes)
     meta["arch"] = arch
     return model, meta

@@ -77,7 +77,7 @@ def _new_model_dir(out_dir, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise DrmguardError(f"{out} exists and is not a directory")
     if ((out / MODEL_WEIGHTS).exists() or (out / MODEL_JSON).exists()) and not overwrite:
-        raise DrmguardError(f"{out} already holds a model; choose another --out")
+        raise DrmguardError(f"{out} already holds a model; choose another `out`")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -122,7 +122,7 @@ def load_drmguard_model(path: str | os.PathLike, arch: str | None = None,
                                     feature_layer=feature_layer)
         return model, {**meta, "source": str(p), "source_format": "drmguard"}
     if arch is not None and arch != rec:
-        raise DrmguardError(f"{p} holds a '{rec}' model, not '{arch}'; omit --arch")
+        raise DrmguardError(f"{p} holds a '{rec}' model, not '{arch}'; omit `arch`")
     weights = p / MODEL_WEIGHTS
     if not weights.exists():
         raise DrmguardError(f"{p} has {MODEL_JSON} but no {MODEL_WEIGHTS}")
@@ -130,7 +130,7 @@ def load_drmguard_model(path: str | os.PathLike, arch: str | None = None,
         net = build_model(rec, meta["num_outputs"], c, **meta.get("arch_kwargs", {}))
     elif _is_factory_spec(rec):
         if arch is None:
-            raise DrmguardError(f"{p} was built by your code '{rec}'; pass --arch {rec} to import "
+            raise DrmguardError(f"{p} was built by your code '{rec}'; pass `arch` {rec} to import "
                                 "and run it (only if you trust it)")
         net = _call_factory(rec, meta["num_outputs"], meta.get("arch_kwargs", {}))
     else:

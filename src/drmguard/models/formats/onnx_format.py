@@ -80,7 +80,7 @@ def load_onnx(path: str | os.PathLike, input_size=None, mean=None, std=None,
     _inline_identity_initializers(proto)
     notes: list[str] = []
     c, hw, mean, std = _geometry(input_size, mean, std, info, f"ONNX model {p.name}", notes,
-                                 "pass --input-size H,W (or C,H,W)")
+                                 "pass `input_size` H,W (or C,H,W)")
     try:
         net = _onnx_convert(onnx, convert, proto)
     except Exception as e:

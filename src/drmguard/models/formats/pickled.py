@@ -33,7 +33,7 @@ def load_pickle(path: Path, allow_pickle: bool, input_size=None, mean=None, std=
     net = load_pickled_module(path, allow_pickle)
     notes: list[str] = []
     c, hw, mean, std = _geometry(input_size, mean, std, {}, f"pickled model {path.name}",
-                                 notes, "pass --input-size H,W (or C,H,W)")
+                                 notes, "pass `input_size` H,W (or C,H,W)")
     model = _wrap_module(net.eval(), (c, *hw), mean, std, feature_layer,
                          f"pickled model {path.name}", notes)
     return model, _foreign_meta(model, "pickle", path, {}, notes)

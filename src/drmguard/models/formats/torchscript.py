@@ -93,7 +93,7 @@ def load_torchscript(path: str | os.PathLike, input_size=None, mean=None, std=No
     module, info = _jit_load(data, p.name)
     notes: list[str] = []
     c, hw, mean, std = _geometry(input_size, mean, std, info, f"TorchScript model {p.name}",
-                                 notes, "pass --input-size H,W (or C,H,W)")
+                                 notes, "pass `input_size` H,W (or C,H,W)")
     feature_layer = feature_layer or info.get("head")
     # the output on a probe batch, trying 3 then 1 channels when the channel count is unknown
     y, last_error = None, None
@@ -111,7 +111,7 @@ def load_torchscript(path: str | os.PathLike, input_size=None, mean=None, std=No
     if y is None:
         what = f"{c}×{hw[0]}×{hw[1]}" if c else f"3×{hw[0]}×{hw[1]} or 1×{hw[0]}×{hw[1]}"
         raise DrmguardError(f"TorchScript model {p.name} fails on a {what} input "
-                            f"({first_line(last_error)}); pass --input-size C,H,W")
+                            f"({first_line(last_error)}); pass `input_size` C,H,W")
     if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != PROBE_BATCH:
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise DrmguardError(f"TorchScript model {p.name} must return a B×K tensor, got {got}")
@@ -159,4 +159,4 @@ def load_torchscript(path: str | os.PathLike, input_size=None, mean=None, std=No
     raise DrmguardError(
         f"the output of TorchScript model {p.name} is not produced by a final linear layer "
         f"(tried {', '.join(candidates) or 'no layer: none has ' + str(k) + ' outputs'}); pass "
-        "--feature-layer NAME, or export the model to ONNX")
+        "`feature_layer` NAME, or export the model to ONNX")
