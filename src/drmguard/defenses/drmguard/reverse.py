@@ -230,19 +230,21 @@ class Checkpoints:
     def record(self, step: int, gen: TriggerGenerator, mtr_weight: torch.Tensor | None) -> None:
         """Evaluate ``gen`` as the search runs it (training mode: batch statistics; the running
         statistics it updates are recomputed for the chosen state) and keep a copy of it."""
+        from .identify import collapse_ratio, r_score  # (identify imports this module)
+
         cfg, x = self.cfg, self.x
         gx = gen(x)
         xt = gx if mtr_weight is None else mtr_mod.blend(mtr_weight, x, gx)
         h, y = self.model.forward_with_features(xt)
-        _, terms = objective(y.float(), h.float(), self.theta, x, gx, xt, self.weight, cfg,
+        y = y.float()
+        _, terms = objective(y, h.float(), self.theta, x, gx, xt, self.weight, cfg,
                              self.y_ben.var(0, unbiased=False))
-        v, v_ref = y.float().var(0, unbiased=False), self.y_ben.var(0, unbiased=False)
         self.rows.append({
             "step": int(step),
-            "R": float((xt - x).abs().flatten(1).sum(1).mean()) / max(self.norm_max, _EPS),
-            "collapse_ratio": float((v / v_ref.clamp_min(_EPS)).mean()),
+            "R": r_score((xt - x).abs().flatten(1).sum(1), torch.tensor([self.norm_max])),
+            "collapse_ratio": collapse_ratio(y, self.y_ben),
             "objective": terms["loss"], "output": terms["output"], "l1": terms["l1"],
-            "rf": terms["rf"], "estimate": y.float().mean(0).cpu().tolist()})
+            "rf": terms["rf"], "estimate": y.mean(0).cpu().tolist()})
         self.states.append(({k: t.detach().clone() for k, t in gen.state_dict().items()},
                             None if mtr_weight is None else mtr_weight.detach().clone()))
 
