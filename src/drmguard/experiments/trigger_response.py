@@ -116,14 +116,15 @@ def run_trigger_response(task: str, attacks: list[str], n_benign: int, n_backdoo
                          cache_dir: str = ".drmguard-cache", out_dir: str = "results",
                          name: str | None = None, command: str = "", progress: bool = True,
                          rescan: bool = False, budgets=(0.005, 0.01, 0.02, 0.03),
-                         executor=None) -> dict:
+                         executor=None, attack_options: dict | None = None) -> dict:
     """The trigger-response table (per attack: backdoored models and benign controls); an
     :class:`~.executor.Executor` trains the zoo's models in parallel first (the measurement
     itself is a few forward passes per model)."""
     zoo = Zoo(cache_dir, progress, rescan)
     t = get_task(task)
     cfg = default_config(profile, task)
-    specs = model_specs(task, profile, attacks, n_benign, n_backdoored, first_seed=first_seed)
+    specs = model_specs(task, profile, attacks, n_benign, n_backdoored,
+                        attack_options=attack_options, first_seed=first_seed)
     if executor is not None:
         from .executor import Work
 
@@ -156,7 +157,8 @@ def run_trigger_response(task: str, attacks: list[str], n_benign: int, n_backdoo
     name = name or f"trigger-response-{task}-{profile}"
     record = {"provenance": provenance(command), "task": task, "profile": profile,
               "attacks": attacks, "n_benign": n_benign, "n_backdoored": n_backdoored,
-              "first_seed": first_seed, "strengths": list(STRENGTHS), "families": list(FAMILIES),
+              "first_seed": first_seed, "attack_options": attack_options or {},
+              "strengths": list(STRENGTHS), "families": list(FAMILIES),
               "budgets": list(budgets), "collapse_threshold": COLLAPSE,
               "identity_objective": identity, "tau": cfg.tau,
               "l1_cap_per_pixel": identity / cfg.l1_weight, "summary": summary,
@@ -201,7 +203,9 @@ def summarise(records: list[dict], attacks: list[str], budgets) -> list[dict]:
 def to_markdown(rec: dict) -> str:
     budgets = rec["budgets"]
     head = (f"# Trigger response — {rec['task']}, profile {rec['profile']}\n\n"
-            f"{rec['n_backdoored']} backdoored models per attack (seeds {rec['first_seed']}…) and "
+            f"{rec['n_backdoored']} backdoored models per attack (seeds {rec['first_seed']}…"
+            + (f"; attack options {rec['attack_options']}" if rec.get("attack_options") else "")
+            + f") and "
             f"{rec['n_benign']} benign controls; each model's benign set D_b; no search. Routes "
             "of the attack's own trigger T at strength a: *fade* x + a·(T(x) − x); *strength* "
             "the trigger made weaker (warps: s → a·s; otherwise = fade); *mtr* the strength route "
