@@ -22,6 +22,7 @@ import torch
 
 from drmguard.experiments.identification import target_error
 from drmguard.experiments.results import md_table, provenance, write_results
+from drmguard.experiments.trigger_response import cheapest
 from drmguard.metrics import detection_metrics
 from drmguard.tasks import get_task
 
@@ -31,10 +32,8 @@ TAUS = (0.005, 0.01, 0.02, 0.03, 0.05)
 
 def r_star(checkpoints: list[dict], c: float) -> tuple[float | None, dict | None, float]:
     """(R*, its checkpoint, the lowest collapse ratio on the path)."""
-    low = min(ch["collapse_ratio"] for ch in checkpoints)
-    ok = [ch for ch in checkpoints if ch["collapse_ratio"] < c]
-    best = min(ok, key=lambda ch: ch["R"]) if ok else None
-    return (best["R"] if best else None), best, low
+    best = cheapest(checkpoints, None, c)
+    return (best["R"] if best else None), best, min(ch["collapse_ratio"] for ch in checkpoints)
 
 
 def load(cache: Path, task: str, first_seed: int) -> list[dict]:

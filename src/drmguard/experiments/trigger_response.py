@@ -89,9 +89,10 @@ def response_curve(model, attack, benign, task, cfg, real_target=None,
     return rows
 
 
-def cheapest(rows: list[dict], family: str, threshold: float = COLLAPSE) -> dict | None:
-    """The row of ``family`` with the smallest R whose collapse ratio is below ``threshold``."""
-    ok = [r for r in rows if r["family"] == family and r["collapse_ratio"] < threshold]
+def cheapest(rows: list[dict], family: str | None, threshold: float = COLLAPSE) -> dict | None:
+    """The row (of ``family``; None: any) with the smallest R whose collapse ratio is below
+    ``threshold`` — of a response curve, or of a scan's checkpoints."""
+    ok = [r for r in rows if family in (None, r.get("family")) and r["collapse_ratio"] < threshold]
     return min(ok, key=lambda r: r["R"]) if ok else None
 
 

@@ -250,14 +250,20 @@ class Checkpoints:
 
     def chosen(self) -> int:
         """Index of the checkpoint the scan reports."""
-        rows = self.rows
-        lowest = min(range(len(rows)), key=lambda i: rows[i]["objective"])
-        if self.cfg.select == "cheapest_collapse":
-            collapsed = [i for i, r in enumerate(rows)
-                         if r["collapse_ratio"] < self.cfg.collapse_threshold]
-            if collapsed:
-                return min(collapsed, key=lambda i: rows[i]["R"])
-        return lowest
+        return choose_state([(r["R"], r["collapse_ratio"], r["objective"]) for r in self.rows],
+                            self.cfg)
+
+
+def choose_state(states: list[tuple[float, float, float]], cfg) -> int:
+    """Index of the state a scan reports among (R, collapse ratio, objective) triples — the
+    checkpoints of one search, or the restarts' final evaluations: the lowest objective; with
+    ``select = cheapest_collapse`` the smallest R among the collapsed ones, if any."""
+    idx = range(len(states))
+    if cfg.select == "cheapest_collapse":
+        collapsed = [i for i in idx if states[i][1] < cfg.collapse_threshold]
+        if collapsed:
+            return min(collapsed, key=lambda i: states[i][0])
+    return min(idx, key=lambda i: states[i][2])
 
 
 def split_holdout(n: int, cfg, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:

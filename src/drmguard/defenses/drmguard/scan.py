@@ -40,7 +40,8 @@ from ...tasks import Task
 from ...utils import device_layout, resolve_device
 from .config import DRMGuardConfig, default_config
 from .identify import detection_score, evaluate_trigger, verdict
-from .reverse import BenignImages, ReversedTrigger, frozen, precompute_benign, run_search
+from .reverse import (BenignImages, ReversedTrigger, choose_state, frozen, precompute_benign,
+                      run_search)
 
 from ...schema import SCAN_SCHEMA as SCHEMA
 from ...schema import TRIGGER_FORMAT  # ScanResult.save: reversed trigger + scan record
@@ -306,15 +307,10 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
 
 
 def chosen_restart(evaluations: list[dict], cfg) -> int:
-    """The restart the scan reports: the lowest objective over D_b; with ``select =
-    cheapest_collapse`` the smallest R among the restarts whose outputs collapsed, if any."""
-    idx = range(len(evaluations))
-    if cfg.select == "cheapest_collapse":
-        collapsed = [i for i in idx
-                     if evaluations[i]["collapse_ratio"] < cfg.collapse_threshold]
-        if collapsed:
-            return min(collapsed, key=lambda i: evaluations[i]["R"])
-    return min(idx, key=lambda i: evaluations[i]["objective"]["loss"])
+    """The restart the scan reports (:func:`~.reverse.choose_state` over the restarts' final
+    evaluations on all of D_b)."""
+    return choose_state([(e["R"], e["collapse_ratio"], e["objective"]["loss"])
+                         for e in evaluations], cfg)
 
 
 def _samples(trigger: ReversedTrigger, images: BenignImages, n: int) -> dict:
