@@ -188,6 +188,46 @@ def test_residual_generators_are_exact_identity_at_init(kind):
     assert reverse.untouched_r(gen, images, 2) == 0.0
 
 
+@pytest.mark.parametrize("kind", ["residual", "unet"])
+def test_warp_branch_starts_at_the_identity_and_expresses_a_wanet_warp(kind):
+    from drmguard.attacks.wanet import random_field, warp_grid
+    from drmguard.warping import warp
+
+    gen = TriggerGenerator(kind, 3, (16, 16), width=4, static_pattern=True, warp_grid=4).train()
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(gen(x), x)  # zero field: exactly the identity
+    # WaNet's displacement s·P_up/W (normalised) is s·P_up·(W − 1)/(2W) pixels
+    field, s = random_field(4, torch.Generator().manual_seed(0)), 1.5
+    with torch.no_grad():
+        gen.flow.copy_(field * s * 15 / 32)
+    wanet = warp(x, warp_grid(field, 16, 16, s))
+    assert (gen(x) - wanet).abs().max() < 1e-5
+    assert (gen(x) - x).abs().mean() > 0.01  # it moved something
+    loss = gen(x).sum()
+    loss.backward()
+    assert gen.flow.grad is not None and gen.flow.grad.abs().sum() > 0
+
+
+def test_warp_branch_options_are_checked():
+    with pytest.raises(DrmguardError, match="warp_grid"):
+        TriggerGenerator("ia", 3, (16, 16), width=4, warp_grid=4)
+    with pytest.raises(DrmguardError, match="warp_grid"):
+        TriggerGenerator("residual", 3, (16, 16), width=4, warp_grid=32)
+    with pytest.raises(DrmguardError, match="warp_grid"):
+        DRMGuardConfig(generator="ia", warp_grid=4)
+    with pytest.raises(DrmguardError, match="warp_grid"):
+        DRMGuardConfig(warp_grid=1)
+
+
+def test_scan_with_a_warp_branch_saves_and_reloads_its_field(tmp_path):
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    res = scan(model, data, task, tiny_cfg(warp_grid=4), seed=0, progress=False)
+    back = ScanResult.load(res.save(tmp_path / "w.safetensors"))
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.equal(back.reverse(x), res.reverse(x))
+    assert back.trigger.generator.flow.abs().sum() > 0  # the search moved the field
+
+
 def test_ia_generator_output_range_and_size_check():
     gen = TriggerGenerator("ia", 3, (16, 24), width=4)
     out = gen(torch.rand(2, 3, 16, 24))

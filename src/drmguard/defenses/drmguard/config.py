@@ -41,6 +41,7 @@ class DRMGuardConfig:
     gen_width: int = 32
     gen_norm: str = "batch"
     static_pattern: bool = False
+    warp_grid: int = 0  # k > 0: a learned k×k warp field before δ (0: no warp branch) [ours]
     pretrain_steps: int = 5000  # identity pre-training, ``ia`` only [paper: 5,000]
     pretrain_lr: float = 1e-3
 
@@ -127,6 +128,9 @@ class DRMGuardConfig:
             raise DrmguardError(f"l1_warmup must be in [0, 1], got {self.l1_warmup}")
         if not 0 < self.l1_warmup_start <= 1:
             raise DrmguardError(f"l1_warmup_start must be in (0, 1], got {self.l1_warmup_start}")
+        if self.warp_grid and (self.generator == "ia" or self.warp_grid < 2):
+            raise DrmguardError(f"DRMGuard option warp_grid must be 0 or >= 2 with the residual "
+                                f"or unet generator, got {self.warp_grid} with '{self.generator}'")
         for name in ("pretrain_steps", "lambda1", "lambda3", "l1_weight", "ft_epochs", "ft_lr",
                      "n_sample_images", "mtr_delta"):
             if getattr(self, name) < 0:

@@ -15,6 +15,13 @@ Three parametrisations (``DRMGuardConfig.generator``):
 ``static_pattern`` adds a learned per-pixel offset P (zero-initialised) to δ, so that an
 input-independent trigger (a patch) is one parameter away rather than something the network
 has to synthesise from the content.
+
+``warp_grid`` = k > 0 adds a warp branch [ours] (``residual`` and ``unet`` only): a learned,
+input-independent k×k control field of displacements in pixels (zero-initialised), upsampled
+bicubically as WaNet's is, moves the pixels of x before δ is added:
+G(x) = clip(x + (W_φ(x) − W_0(x)) + tanh(δ(x) + P), 0, 1), with W_φ the warp by the field and W_0
+the identity warp (so φ = 0 gives G(x) = x exactly). A smooth warp — WaNet's trigger — is then
+k·k·2 numbers away, instead of a per-pixel change the encoder-decoder must synthesise.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 from torch import nn
 
 from ...errors import DrmguardError
+from ...warping import identity_grid, upsampled_field, warp
 
 _TANH_SCALE = 2 + 1e-7
 
@@ -107,7 +115,7 @@ class TriggerGenerator(nn.Module):
     """G_θ(x) for images B×C×H×W in [0, 1]; see the module docstring for the variants."""
 
     def __init__(self, kind: str, channels: int, size: tuple[int, int], width: int = 32,
-                 norm: str = "batch", static_pattern: bool = False):
+                 norm: str = "batch", static_pattern: bool = False, warp_grid: int = 0):
         super().__init__()
         h, w = int(size[0]), int(size[1])
         if h % 8 or w % 8:
@@ -124,6 +132,15 @@ class TriggerGenerator(nn.Module):
         else:
             self.body = UNet(channels, width, norm)
         self.pattern = nn.Parameter(torch.zeros(1, channels, h, w)) if static_pattern else None
+        self.flow = None
+        if warp_grid:
+            if kind == "ia" or not 2 <= int(warp_grid) <= min(h, w):
+                raise DrmguardError(f"`warp_grid` needs the residual or unet generator and a size "
+                                    f"in [2, {min(h, w)}], got {warp_grid} with '{kind}'")
+            self.flow = nn.Parameter(torch.zeros(1, 2, int(warp_grid), int(warp_grid)))
+            self.register_buffer("_identity", identity_grid(h, w), persistent=False)
+            self.register_buffer("_pixel", torch.tensor([2.0 / max(w - 1, 1),
+                                                         2.0 / max(h - 1, 1)]), persistent=False)
 
     @property
     def exact_identity_at_init(self) -> bool:
@@ -138,12 +155,22 @@ class TriggerGenerator(nn.Module):
             z = z + self.pattern
         if self.kind == "ia":
             return torch.tanh(z) / _TANH_SCALE + 0.5
-        return (x + torch.tanh(z)).clamp(0.0, 1.0)
+        return (self.warped(x) + torch.tanh(z)).clamp(0.0, 1.0)
+
+    def warped(self, x: torch.Tensor) -> torch.Tensor:
+        """x moved by the warp branch (x itself without one): x + W_φ(x) − W_0(x)."""
+        if self.flow is None:
+            return x
+        h, w = self.size
+        grid = self._identity.expand(len(x), -1, -1, -1)
+        moved = (grid + upsampled_field(self.flow, h, w) * self._pixel).clamp(-1, 1)  # as WaNet
+        return x + (warp(x, moved) - warp(x, grid))
 
 
 def build_generator(cfg, channels: int, size: tuple[int, int]) -> TriggerGenerator:
     return TriggerGenerator(cfg.generator, channels, size, width=cfg.gen_width,
-                            norm=cfg.gen_norm, static_pattern=cfg.static_pattern)
+                            norm=cfg.gen_norm, static_pattern=cfg.static_pattern,
+                            warp_grid=cfg.warp_grid)
 
 
 def pretrain_identity(gen: TriggerGenerator, sample: Callable[[], torch.Tensor], steps: int,
