@@ -5,7 +5,7 @@ collapse ratio is below c; flagged iff R*(c) < τ; ROC-AUC on the score −R*(c)
 collapse below c rank last, by their lowest collapse ratio).
 
     python benchmarks/search_paths.py --cache .drmguard-cache --task gaze --first-seed 100 \\
-        --out results/dev/search-paths-gaze-cpu
+        --out results/dev/search-paths-gaze-cpu [--match '{"warp_grid": 4}']
 
 Writes JSON + Markdown (per model: R*(c) and the target-estimate error there; per attack and c:
 AUC and the verdicts at each τ). No scan is run here: it reads the zoo cache.
@@ -36,9 +36,13 @@ def r_star(checkpoints: list[dict], c: float) -> tuple[float | None, dict | None
     return (best["R"] if best else None), best, min(ch["collapse_ratio"] for ch in checkpoints)
 
 
-def load(cache: Path, task: str, first_seed: int) -> list[dict]:
-    """Every cached DRMGuard detection with checkpoints on a development model of ``task``."""
-    out = []
+def load(cache: Path, task: str, first_seed: int, match: dict | None = None) -> list[dict]:
+    """Every cached DRMGuard detection with checkpoints on a development model of ``task``
+    whose settings agree with ``match`` (an option missing from an older record counts as its
+    default)."""
+    from drmguard.defenses.drmguard import DRMGuardConfig
+
+    defaults, out = DRMGuardConfig().to_dict(), []
     for spec_file in sorted(cache.glob("models/*/spec.json")):
         spec = json.loads(spec_file.read_text())
         if spec["task"] != task or spec["seed"] < first_seed:
@@ -48,6 +52,8 @@ def load(cache: Path, task: str, first_seed: int) -> list[dict]:
         metrics = json.loads(att.read_text()) if att else {}
         for det in sorted((cache / "runs" / key).glob("detect-drmguard-*.json")):
             d = json.loads(det.read_text())["details"]
+            if any(d["config"].get(k, defaults.get(k)) != v for k, v in (match or {}).items()):
+                continue
             if d.get("checkpoints"):
                 out.append({"model": f"{task}/{spec['attack'] or 'benign'}/seed{spec['seed']}",
                             "attack": spec["attack"], "select": d["config"]["select"],
@@ -63,10 +69,12 @@ def main(argv=None) -> None:
     ap.add_argument("--task", default="gaze")
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--out", default="results/dev/search-paths-gaze-cpu")
+    ap.add_argument("--match", default="{}",
+                    help='JSON of DRMGuard options the scans must have, e.g. \'{"warp_grid": 4}\'')
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     task = get_task(args.task)
-    scans = load(Path(args.cache), args.task, args.first_seed)
+    scans = load(Path(args.cache), args.task, args.first_seed, json.loads(args.match))
     if not scans:
         raise SystemExit("no scans with checkpoints in this cache")
     attacks = sorted({s["attack"] for s in scans if s["attack"]})

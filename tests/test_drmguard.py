@@ -221,7 +221,8 @@ def test_warp_branch_options_are_checked():
 
 def test_scan_with_a_warp_branch_saves_and_reloads_its_field(tmp_path):
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
-    res = scan(model, data, task, tiny_cfg(warp_grid=4), seed=0, progress=False)
+    res = scan(model, data, task, tiny_cfg(warp_grid=4, select="final"), seed=0,
+               progress=False)
     back = ScanResult.load(res.save(tmp_path / "w.safetensors"))
     x = torch.rand(3, 3, 16, 16)
     assert torch.equal(back.reverse(x), res.reverse(x))
@@ -417,8 +418,9 @@ def test_raw_output_term_depends_on_units():
     """The paper's raw form (``scale_free=False``) is what the default removes: even under an
     exact rescaling the same model gets another search."""
     model, data = tiny_model(1), tiny_data(24, seed=1)
-    ref = _units_scan(model, data, scale_free=False, lambda1=20.0)
-    res = _units_scan(_rescaled(model, 2.0 ** 7), data, scale_free=False, lambda1=20.0)
+    raw = dict(scale_free=False, lambda1=20.0, select="final")  # the search itself, not a choice
+    ref = _units_scan(model, data, **raw)
+    res = _units_scan(_rescaled(model, 2.0 ** 7), data, **raw)
     assert res.r_score != pytest.approx(ref.r_score, rel=1e-2)
 
 
@@ -480,7 +482,8 @@ def test_scan_reports_a_checkpoint_it_reached(select):
 
 
 def test_final_selection_keeps_no_checkpoints_and_bad_selection_options():
-    res = scan(tiny_model(0), tiny_data(12), get_task("gaze"), tiny_cfg(), seed=0, progress=False)
+    res = scan(tiny_model(0), tiny_data(12), get_task("gaze"), tiny_cfg(select="final"), seed=0,
+               progress=False)
     assert res.checkpoints == [] and res.chosen_step is None
     with pytest.raises(DrmguardError, match="select"):
         tiny_cfg(select="best")
