@@ -34,7 +34,7 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
                     {"scale_free": False, "lambda1": raw}, None))
     if "select" in which:  # which state of the search the scan reports
         out += [(f"report the {sel.replace('_', ' ')} state", {"select": sel}, None)
-                for sel in ("lowest_objective", "cheapest_collapse") if sel != base.select]
+                for sel in ("final", "lowest_objective", "cheapest_collapse") if sel != base.select]
     if "l1" in which:
         out += [(f"L1 weight = {f * base.l1_weight:g}", {"l1_weight": f * base.l1_weight}, None)
                 for f in (0.1, 0.3)]
@@ -46,6 +46,8 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
                 for g in ("residual", "unet", "ia") if g != base.generator]
         out.append((f"static pattern = {not base.static_pattern}",
                     {"static_pattern": not base.static_pattern}, None))
+        out.append(("warp branch off" if base.warp_grid else "warp branch (warp_grid = 4)",
+                    {"warp_grid": 0 if base.warp_grid else 4}, None))
     if "mtr_norm" in which:
         other = "max" if base.mtr_norm == "percentile" else "percentile"
         out.append((f"MTR normalisation = {other}", {"mtr_norm": other}, None))
