@@ -221,3 +221,12 @@ def test_models_whose_attack_did_not_implant_are_no_positives():
     assert implant_status({"AE": 1.0, "CTE": 20.0}, True) is True
     assert implant_status({"AE": 9.0, "CTE": 20.0}, True) is False
     assert implant_status({"AE": 1.0}, True) is None and implant_status({}, False) is None
+
+
+def test_ablation_variants_offer_the_paper_state_and_the_warp_branch():
+    from drmguard.experiments.ablation import variants
+
+    got = {name: ov for name, ov, _ in variants("gaze", "tiny", ["select", "generator"])}
+    assert got["report the final state"] == {"select": "final"}  # the default is cheapest_collapse
+    assert "report the cheapest collapse state" not in got
+    assert got["warp branch (warp_grid = 4)"] == {"warp_grid": 4}
