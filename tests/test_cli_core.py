@@ -39,6 +39,9 @@ def test_train_then_eval(tmp_path, toy_dataset, capsys):
     (["experiment", "identification", "--benign", "0"], "at least 1"),
     (["experiment", "identification", "--attacks", "badnets,wanet:x"], "bad model count"),
     (["experiment", "identification", "--attacks", "wanet:0"], "at least 1"),
+    (["experiment", "attacks", "--seeds", "0"], "--seeds must be at least 1"),
+    (["experiment", "attacks", "--benign", "0", "--plan"], "--benign must be at least 1"),
+    (["experiment", "attacks", "--attacks", "badnet"], "badnet"),
 ])
 def test_cli_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, toy_dataset, args, needle):
     monkeypatch.chdir(tmp_path)

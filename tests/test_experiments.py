@@ -230,3 +230,87 @@ def test_ablation_variants_offer_the_paper_state_and_the_warp_branch():
     assert got["report the final state"] == {"select": "final"}  # the default is cheapest_collapse
     assert "report the cheapest collapse state" not in got
     assert got["warp branch (warp_grid = 4)"] == {"warp_grid": 4}
+
+
+def test_attack_table_tiny(tmp_path):
+    """N seeds per attack and M benign models: one row per model, the implanted counts are
+    metrics.implanted on the rows, every trigger is tried on every benign model, the plan
+    counts the models and runs, and a rerun computes nothing."""
+    from drmguard.experiments.attack_table import plan_attacks, run
+    from drmguard.metrics import IMPLANT_FRACTION, implanted
+
+    cache, out = str(tmp_path / "cache"), tmp_path / "out"
+    attacks = ["badnets", "multi_wanet"]
+    plan = plan_attacks("gaze", "tiny", attacks, 2, 2, cache_dir=cache)
+    assert [w["model"] for w in plan["train"]] == [
+        "gaze/benign/seed0", "gaze/benign/seed1", "gaze/badnets/seed0", "gaze/badnets/seed1",
+        "gaze/multi_wanet/seed0", "gaze/multi_wanet/seed1"]
+    assert len(plan["attack"]) == 6 + 4 * 2  # attack metrics per model, 4 triggers × 2 benign
+    rec = run("gaze", "tiny", attacks, n_seeds=2, n_benign=2, out_dir=str(out), progress=False,
+              cache_dir=cache)
+    done = plan_attacks("gaze", "tiny", attacks, 2, 2, cache_dir=cache)
+    assert done["train"] == [] and done["attack"] == [] and done["cached"] == {"models": 6,
+                                                                               "runs": 14}
+    rows = rec["models"]
+    assert [(r["attack"], r["seed"]) for r in rows] == [
+        (None, 0), (None, 1), ("badnets", 0), ("badnets", 1), ("multi_wanet", 0),
+        ("multi_wanet", 1)]
+    for s in rec["summary"]:
+        mine = [r for r in rows if r["attack"] == s["attack"]]
+        def metrics(r):
+            if isinstance(r["AE"], list):
+                return {"AE_per_target": r["AE"], "CTE_per_target": r["CTE"], "AE": r["AE"][0],
+                        "CTE": r["CTE"][0]}
+            return r
+        assert s["n"] == 2 and s["implanted"] == sum(implanted(metrics(r)) for r in mine)
+        assert [r["implanted"] for r in mine] == [implanted(metrics(r)) for r in mine]
+        assert s["not_implanted_seeds"] == [r["seed"] for r in mine if not r["implanted"]]
+        assert s["key_pairs"] == 4 and all(len(r["key"]) == 2 for r in mine)
+        pairs = [p for r in mine for p in r["key"]]
+        assert s["key_min_variance_ratio"] == min(p["variance_ratio"] for p in pairs)
+        assert s["key"] == all(p["variance_ratio"] >= 0.8 and p["error_ratio"] <= 1.5
+                               for p in pairs)
+        assert s["options"] and "seed" not in s["options"]
+    assert isinstance(rows[4]["AE"], list) and len(rows[4]["AE"]) == 2  # per target
+    md = (out / "attacks-gaze-tiny.md").read_text()
+    assert f"AE < {IMPLANT_FRACTION:g} · CTE" in md and "| badnets |" in md
+    assert "### benign" in md and "Commit:" in md and "effective" not in md
+    saved = json.loads((out / "attacks-gaze-tiny.json").read_text())
+    assert saved["summary"] == rec["summary"] and saved["implant_fraction"] == IMPLANT_FRACTION
+    keys = sorted((tmp_path / "cache").glob("runs/*/attack-key-*.json"))
+    assert len(keys) == 8
+    stamps = [k.stat().st_mtime_ns for k in keys]
+    again = run("gaze", "tiny", attacks, n_seeds=2, n_benign=2, out_dir=str(out),
+                progress=False, cache_dir=cache)
+    assert again["summary"] == rec["summary"]
+    assert [k.stat().st_mtime_ns for k in keys] == stamps  # the pairs came from the cache
+
+
+def test_key_column_tells_a_key_from_damage(tmp_path):
+    """A blend that replaces the image by its noise key collapses a benign model's outputs
+    (no key); a nearly invisible one leaves them as they were (ratios ≈ 1, a key)."""
+    import torch
+
+    from drmguard.attacks import make_attack
+    from drmguard.experiments.attack_table import is_key, trigger_on_model
+    from drmguard.tasks import get_task
+
+    spec = ModelSpec("gaze", "tiny", None, 0)
+    zoo = Zoo(str(tmp_path / "cache"), progress=False)
+    model = zoo.model(spec)[0]
+    test = zoo.splits(spec).test
+    x, y = test.tensors()
+
+    def blend(alpha):
+        att = make_attack("blend", torch.zeros(2), task="gaze", image_size=test.image_size,
+                          channels=test.channels, seed=0, profile="tiny", alpha=alpha)
+        return trigger_on_model(model, att, x, y, get_task("gaze"))
+
+    damage, faint = blend(0.95), blend(1e-3)
+    assert damage["variance_ratio"] < 0.1 and not is_key(damage)
+    assert abs(faint["variance_ratio"] - 1) < 0.05 and abs(faint["error_ratio"] - 1) < 0.05
+    assert is_key(faint)
+    assert faint["clean_error"] == damage["clean_error"] > 0
+    # the error bar alone also decides: outputs as spread as before but far from the truth
+    assert not is_key({"variance_ratio": 1.0, "error_ratio": 1.6})
+    assert is_key({"variance_ratio": 0.8, "error_ratio": 1.5})

@@ -152,7 +152,8 @@ def test_executor_work_stages_and_threads():
 
 
 @pytest.mark.parametrize("args,models,runs", [
-    (["attacks", "--attacks", "badnets,blend"], 3, 0),
+    # per model: attack metrics; per backdoored model: its trigger on each benign model
+    (["attacks", "--attacks", "badnets,blend", "--seeds", "2", "--benign", "1"], 5, 5 + 4),
     # per model: attack metrics, the trigger's cost (backdoored), one run per defence
     (["identification", "--attacks", "badnets", "--benign", "1", "--backdoored", "2",
       "--defenses", "drmguard,nc"], 3, 3 + 2 * 4),

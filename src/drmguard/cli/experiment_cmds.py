@@ -76,19 +76,54 @@ def _check_counts(**counts: int) -> None:
             raise DrmguardError(f"--{k} must be at least 1")
 
 
+PlanOpt = typer.Option(False, "--plan", help="Only say what is cached and what would be "
+                                             "trained / run (with the times the cache "
+                                             "recorded for alike work).")
+
+
+def _first_seed_opt(default: int):
+    return typer.Option(default, "--first-seed", min=0,
+                        help="Seed of the first model of each kind (e.g. 100: development "
+                             "models the tables never use, for calibration).")
+
+
+RescanOpt = typer.Option(False, "--rescan", help="Recompute the cached runs (scans, "
+                                                 "mitigations, attack metrics) that other code "
+                                                 "made; trained models are reused.")
+
+
 @exp_app.command("attacks")
 @parallel
 def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                 attacks: str = typer.Option("", help="Comma-separated attacks (default: all)."),
-                seed: int = typer.Option(0), out: str = OutOpt, quiet: bool = QuietOpt,
-                executor=None):
-    """Attack effectiveness (Table 10: RE, AE, DAE) and feature metrics (Table 1: RNV, RAV)."""
-    from ..experiments.attack_table import run
+                seeds: int = typer.Option(10, "--seeds", help="Backdoored models per attack."),
+                benign: int = typer.Option(3, help="Benign models each attack's triggers are "
+                                                   "tried on (key, not damage)."),
+                first_seed: int = _first_seed_opt(0), plan: bool = PlanOpt,
+                rescan: bool = RescanOpt, cache: str = CacheOpt, out: str = OutOpt,
+                quiet: bool = QuietOpt, executor=None):
+    """Attacks over seeds: implanted k/N, RE/AE/DAE (Table 10), RNV/RAV (Table 1), and whether
+    each trigger is a key (benign models keep working under it)."""
+    from ..experiments.attack_table import DEFAULT_ATTACKS, plan_attacks, run
 
     _check_task(task)
-    rec = run(task, profile=profile, attacks=_list(attacks, "--attacks") if attacks else None,
-              seed=seed, out_dir=out, progress=not quiet, executor=executor)
-    typer.echo(f"wrote {out}/attacks-{task}-{profile}.md" if rec else "done")
+    _check_counts(seeds=seeds, benign=benign)
+    names = _list(attacks, "--attacks") if attacks else None
+    if plan:
+        n = len(names) if names else len(DEFAULT_ATTACKS)
+        typer.echo(f"{n} attack(s) × {seeds} seeds (from {first_seed}) + {benign} benign models; "
+                   f"each trigger tried on each benign model (\"key\")")
+        _print_plan(plan_attacks(task, profile, names, seeds, benign, first_seed, cache, rescan))
+        return
+    rec = run(task, profile=profile, attacks=names, n_seeds=seeds, n_benign=benign,
+              first_seed=first_seed, out_dir=out, progress=not quiet, cache_dir=cache,
+              command=_command(), rescan=rescan, executor=executor)
+    for s in rec["summary"]:
+        typer.echo(f"{s['attack']:>12}: implanted {s['implanted']}/{s['n']}  "
+                   f"key {'yes' if s['key'] else 'no'} (var ratio ≥ "
+                   f"{s['key_min_variance_ratio']:.2f}, error ratio ≤ "
+                   f"{s['key_max_error_ratio']:.2f})")
+    typer.echo(f"wrote {out}/attacks-{task}-{profile}.md")
 
 
 def _auc(v) -> str:
@@ -100,30 +135,17 @@ def _print_plan(p: dict) -> None:
         return "time unknown" if sec is None else f"≈ {sec / 60:.1f} min"
 
     kind = p["kind"]
-    runs = {"detect": "detections", "mitigate": "mitigations"}[kind]
+    runs = {"detect": "detections", "mitigate": "mitigations", "attack": "measurements"}[kind]
+    how = "" if kind == "attack" else "with "
     typer.echo(f"cached: {p['cached']['models']} models, {p['cached']['runs']} {runs}")
     width = max(8, len(kind) + 1)
     for w in p["train"]:
         typer.echo(f"{'train':<{width}}{w['model']}  ({when(w['seconds'])})")
     for w in p[kind]:
-        typer.echo(f"{kind:<{width}}{w['model']} with {w['defense']}  ({when(w['seconds'])})")
+        typer.echo(f"{kind:<{width}}{w['model']} {how}{w['defense']}  ({when(w['seconds'])})")
     extra = f"; {p['unestimated']} item(s) without a recorded time" if p["unestimated"] else ""
     typer.echo(f"to do: {len(p['train'])} models, {len(p[kind])} {runs}, "
                f"{when(p['estimated_seconds'])} as recorded in this cache{extra}")
-
-
-PlanOpt = typer.Option(False, "--plan", help="Only say what is cached and what would be "
-                                             "trained / run (with the times the cache "
-                                             "recorded for alike work).")
-def _first_seed_opt(default: int):
-    return typer.Option(default, "--first-seed", min=0,
-                        help="Seed of the first model of each kind (e.g. 100: development "
-                             "models the tables never use, for calibration).")
-
-
-RescanOpt = typer.Option(False, "--rescan", help="Recompute the cached runs (scans, "
-                                                 "mitigations, attack metrics) that other code "
-                                                 "made; trained models are reused.")
 
 
 @exp_app.command("identification")
