@@ -31,6 +31,7 @@ from functools import partial
 import torch
 
 from ..attacks import ATTACKS, attack_class
+from ..metrics import IMPLANT_FRACTION
 from ..profiles import get_profile
 from ..tasks import get_task
 from ..training import mean_predictor_error
@@ -202,7 +203,7 @@ def run(task: str, profile: str = "cpu", attacks: list[str] | None = None,
     for spec in progress_bar(specs, desc="attack table", enabled=progress):
         model, attack, meta = zoo.model(spec)
         att = attack_record(zoo, spec, model, attack, meta)
-        row = {"model": spec.label(), "key_hash": spec.key(), "attack": spec.attack,
+        row = {"model": spec.label(), "model_key": spec.key(), "attack": spec.attack,
                "seed": spec.seed, "RE": att["RE"],
                "train_seconds": meta.get("history", {}).get("seconds"),
                "epochs": meta.get("training", {}).get("epochs"), "code": att.get("code")}
@@ -220,8 +221,6 @@ def run(task: str, profile: str = "cpu", attacks: list[str] | None = None,
                                    "error_ratio": rec["error_ratio"],
                                    "clean_error": rec["clean_error"], "key": is_key(rec)})
         models.append(row)
-    from ..metrics import IMPLANT_FRACTION
-
     splits = zoo.splits(specs[0])
     record = {"provenance": provenance(command or f"drmguard experiment attacks --task {task} "
                                        f"--profile {profile} --seeds {n_seeds} "
@@ -262,8 +261,8 @@ def to_markdown(rec: dict) -> str:
     lines = [f"# Attacks on {rec['task']} ({rec['profile']} profile)", "",
              f"{rec['arch']} trained on {rec['n_train']} synthetic images; metrics on the "
              f"{rec['n_test']} test images (subjects unseen in training). Errors in {u}. "
-             f"{rec['n_seeds']} backdoored models per attack (seeds {f}–{f + rec['n_seeds'] - 1}, "
-             f"each with its own target) and {rec['n_benign']} benign models (seeds "
+             f"{rec['n_seeds']} backdoored models per attack (seeds "
+             f"{f}–{f + rec['n_seeds'] - 1}, each with its own target) and {rec['n_benign']} benign models (seeds "
              f"{f}–{f + rec['n_benign'] - 1}; median RE "
              f"{_short(_median([m['RE'] for m in benign]))}); always predicting the training "
              f"mean gives {rec['mean_predictor_error']:.3f}.", "",
