@@ -231,7 +231,8 @@ Detector = Mitigator = Defence
 # name -> factory (profile: str, task: str, **overrides), imported on first use.
 DETECTORS: Registry = Registry("detector")
 DETECTORS.register("drmguard", Lazy("drmguard.defenses.drmguard:make_detector"))
-DETECTORS.register("nc", Lazy("drmguard.defenses.neural_cleanse:make_detector"))
+DETECTORS.register("nc", Lazy("drmguard.defenses.neural_cleanse:make_detector"),
+                   aliases=("neural_cleanse",))
 DETECTORS.register("featurere", Lazy("drmguard.defenses.featurere:make_detector"))
 MITIGATORS: Registry = Registry("mitigator")
 MITIGATORS.register("drmguard", Lazy("drmguard.defenses.drmguard:make_mitigator"))

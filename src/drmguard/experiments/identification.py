@@ -13,7 +13,7 @@ import time
 import torch
 
 from ..defenses.base import get_detector, resolved_config
-from ..tasks import get_task
+from .data import experiment_task
 from ..utils import progress_bar
 from .results import md_table, provenance, write_results
 from .zoo import ModelSpec, Zoo
@@ -24,11 +24,14 @@ def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
     if attack is None:
         def compute():
             from ..training import evaluate
-            return {"RE": evaluate(model, zoo.splits(spec).test, get_task(spec.task))["error"]}
+            task = experiment_task(spec.task)
+            re = evaluate(model, zoo.splits(spec).test, task)["error"]
+            return {"RE": re, **({"accuracy": 1.0 - re} if task.is_classification else {})}
     else:
         def compute():
             from ..metrics import attack_metrics
-            return attack_metrics(model, attack, zoo.splits(spec).test, get_task(spec.task))
+            return attack_metrics(model, attack, zoo.splits(spec).test,
+                                  experiment_task(spec.task))
     return zoo.cached_run(spec, "attack", "metrics", {}, compute)
 
 
@@ -109,7 +112,8 @@ def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dic
             benign = benign.subset(range(min(benign_limit, len(benign))))
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        d = det.detect(model, benign, get_task(spec.task), seed=seed, progress=zoo.progress)
+        d = det.detect(model, benign, experiment_task(spec.task), seed=seed,
+                       progress=zoo.progress)
         d.save_artifacts(lambda suffix: zoo.artifact_path(spec, "detect", defense, config,
                                                           suffix))
         rec = d.to_dict()
@@ -263,7 +267,7 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options,
                         first_seed)
     records = []
-    t = get_task(task)
+    t = experiment_task(task)
     for spec in progress_bar(specs, desc="models", enabled=progress):
         model, attack, meta = zoo.model(spec)
         att = attack_record(zoo, spec, model, attack, meta)
