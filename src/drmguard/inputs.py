@@ -53,12 +53,27 @@ def resolve_task(task: str | None, error: str | None, num_outputs: int,
             raise DrmguardError("gaze models are scored by angular error: drop `error` or use "
                                 "`error`=angular")
         task = task or implied or "generic"
+    recorded = (model_meta or {}).get("task") or {}
+    recorded = recorded.get("name") if isinstance(recorded, dict) else None
     if task is None:
-        recorded = (model_meta or {}).get("task") or {}
-        task = recorded.get("name") if isinstance(recorded, dict) else None
+        task = recorded
     if task is None and ds is not None and ds.task in TASK_NAMES:
         task = ds.task
     task = task or "generic"
+    if recorded is not None and (recorded == "classification") != (task == "classification"):
+        kinds = {True: "classifier", False: "regression model"}
+        raise DrmguardError(f"the model is a {kinds[recorded == 'classification']} (task "
+                            f"{recorded}), not a {kinds[task == 'classification']}: `task` "
+                            f"{task} does not fit it")
+    if ds is not None and (ds.task == "classification") != (task == "classification"):
+        raise DrmguardError(
+            f"the data are {'class labels' if ds.task == 'classification' else 'regression targets'}"
+            f" but task {task} is {'a classification' if task == 'classification' else 'a regression'}"
+            " task; pass the matching `task` and model")
+    if task == "classification":
+        names = ds.target_names if ds is not None and ds.target_names and \
+            len(ds.target_names) == num_outputs else None
+        return get_task("classification", dim=num_outputs, target_names=names)
     if task == "generic":
         names = ds.target_names if ds is not None and ds.target_names and \
             len(ds.target_names) == num_outputs else None
@@ -68,6 +83,26 @@ def resolve_task(task: str | None, error: str | None, num_outputs: int,
         raise DrmguardError(f"task {t.name} has {t.dim} outputs ({', '.join(t.target_names)}) "
                             f"but the model outputs {num_outputs}; pass `task`=generic")
     return t
+
+
+def check_kind(task: str | None, ds: ArrayDataset, model_meta: dict | None) -> None:
+    """A classifier for class labels, a regression model for regression targets: the model's
+    recorded task against the requested ``task`` (else the data's), one clear error."""
+    recorded = (model_meta or {}).get("task") or {}
+    recorded = recorded.get("name") if isinstance(recorded, dict) else None
+    wanted = task or ds.task
+    if recorded is None or wanted not in TASK_NAMES:
+        return
+    if (recorded == "classification") != (wanted == "classification"):
+        kinds = {True: "classifier", False: "regression model"}
+        what = f"`task` {task}" if task else \
+            ("class labels" if ds.task == "classification" else "regression targets")
+        raise DrmguardError(f"the model is a {kinds[recorded == 'classification']} (task "
+                            f"{recorded}), not a {kinds[wanted == 'classification']}: "
+                            f"{what} do not fit it" if not task else
+                            f"the model is a {kinds[recorded == 'classification']} (task "
+                            f"{recorded}), not a {kinds[wanted == 'classification']}: "
+                            f"{what} does not fit it")
 
 
 def load_data_for_model(data: str | ArrayDataset, model: RegressionModel,
@@ -90,6 +125,11 @@ def load_data_for_model(data: str | ArrayDataset, model: RegressionModel,
     if len(ds) < min_samples:
         raise DrmguardError(f"{data} has {len(ds)} labelled images; at least {min_samples} "
                             "are needed")
+    check_kind(task, ds, meta)
+    if task == "classification" and ds.task != "classification":  # class indices -> one-hot
+        from .data.formats import as_classification
+
+        ds = as_classification(ds, model.num_outputs, str(data))
     if ds.channels != model.in_channels:
         kind = {1: "grayscale", 3: "RGB"}
         raise DrmguardError(
@@ -114,8 +154,8 @@ def load_data_for_model(data: str | ArrayDataset, model: RegressionModel,
 def task_for(ds: ArrayDataset, task: str | None) -> Task:
     """The task named by ``task``, else the one recorded with the data (else generic)."""
     name = task or ds.task or "generic"
-    return get_task(name, dim=ds.target_dim, target_names=ds.target_names if name == "generic"
-                    else None)
+    return get_task(name, dim=ds.target_dim, target_names=ds.target_names
+                    if name in ("generic", "classification") else None)
 
 
 def load_training_data(data: str, task: str | None, profile, progress: bool = True
@@ -125,7 +165,11 @@ def load_training_data(data: str, task: str | None, profile, progress: bool = Tr
     from .profiles import get_profile
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    ds = load_dataset(data, progress=progress)
+    ds = load_dataset(data, progress=progress, task="classification"
+                      if task == "classification" else None)
+    if (ds.task == "classification") != ((task or ds.task) == "classification"):
+        raise DrmguardError(f"the data are {'class labels' if ds.task == 'classification' else 'regression targets'}"
+                            f", not for task {task}")
     t = task_for(ds, task)
     size = profile.size_for(t.name)
     if ds.image_size != (size, size) and profile.name != "tiny":
