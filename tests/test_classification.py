@@ -285,3 +285,20 @@ def test_cli_classifier_with_out_of_range_labels(cli_files, capsys, tmp_path):
 def test_cli_experiment_refuses_classification_where_unsupported(capsys):
     _one_line(capsys, ["experiment", "mitigation", "--task", "classification"],
               "not 'classification'")
+
+
+@pytest.mark.parametrize("profile", ["tiny", "cpu", "paper"])
+@pytest.mark.parametrize("kind,name", [("detector", "drmguard"), ("detector", "nc"),
+                                       ("detector", "featurere"), ("mitigator", "ft"),
+                                       ("mitigator", "fp"), ("mitigator", "anp")])
+def test_every_defence_resolves_for_classification_and_regression_ones_refuse(kind, name,
+                                                                              profile, tiny_zoo):
+    from drmguard.defenses import get_detector, get_mitigator
+    from drmguard.defenses.base import resolved_config
+
+    sp, t, benign, _, _ = tiny_zoo
+    d = (get_detector if kind == "detector" else get_mitigator)(name, profile, "classification")
+    json.dumps(resolved_config(d, t))
+    if not d.supports_classification:
+        with pytest.raises(DrmguardError, match="regression only"):
+            d.check_inputs(benign, sp.benign, t)

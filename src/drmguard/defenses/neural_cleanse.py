@@ -283,6 +283,7 @@ class NeuralCleanseR(Defence):
                                         early_stop_patience=15),
         ("paper", "classification"): dict(class_epochs=80, max_samples=None),
     }
+    supports_classification = True  # variant "classes": the original
     option_aliases = {"tau": "success_tolerance"}
     stored_names = {"success_tolerance": "tau"}
 

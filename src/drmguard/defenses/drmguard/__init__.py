@@ -52,6 +52,8 @@ class DRMGuard(Defence):
             model = ProbabilityView(model)
         return trigger_statistics(model, images, trigger)
 
+    supports_classification = True  # on the softmax outputs (Appendix A.9)
+
     def check_inputs(self, model, benign: ArrayDataset, task: Task) -> None:
         check_scan_inputs(model, benign, task)
 
