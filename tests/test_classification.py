@@ -302,3 +302,18 @@ def test_every_defence_resolves_for_classification_and_regression_ones_refuse(ki
     if not d.supports_classification:
         with pytest.raises(DrmguardError, match="regression only"):
             d.check_inputs(benign, sp.benign, t)
+
+
+def test_class_indices_without_meta_need_task_classification(cli_files, tmp_path, capsys):
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(cli_files / "benign", plain)
+    (plain / "meta.json").unlink()  # a bare labels.csv of class indices
+    from drmguard.api import prepare
+
+    _, _, ds, t = prepare(str(cli_files / "classifier"), str(plain), "classification",
+                          progress=False)
+    assert t.is_classification and ds.target_dim == 10 and (ds.targets.sum(1) == 1).all()
+    _one_line(capsys, ["scan", cli_files / "classifier", "--data", plain, "--profile", "tiny"],
+              "the model is a classifier (task classification), not a regression model")

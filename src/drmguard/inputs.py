@@ -60,16 +60,8 @@ def resolve_task(task: str | None, error: str | None, num_outputs: int,
     if task is None and ds is not None and ds.task in TASK_NAMES:
         task = ds.task
     task = task or "generic"
-    if recorded is not None and (recorded == "classification") != (task == "classification"):
-        kinds = {True: "classifier", False: "regression model"}
-        raise DrmguardError(f"the model is a {kinds[recorded == 'classification']} (task "
-                            f"{recorded}), not a {kinds[task == 'classification']}: `task` "
-                            f"{task} does not fit it")
-    if ds is not None and (ds.task == "classification") != (task == "classification"):
-        raise DrmguardError(
-            f"the data are {'class labels' if ds.task == 'classification' else 'regression targets'}"
-            f" but task {task} is {'a classification' if task == 'classification' else 'a regression'}"
-            " task; pass the matching `task` and model")
+    if ds is not None:
+        check_kind(task, ds, model_meta)
     if task == "classification":
         names = ds.target_names if ds is not None and ds.target_names and \
             len(ds.target_names) == num_outputs else None
@@ -85,24 +77,28 @@ def resolve_task(task: str | None, error: str | None, num_outputs: int,
     return t
 
 
-def check_kind(task: str | None, ds: ArrayDataset, model_meta: dict | None) -> None:
+def check_kind(task: str | None, ds: ArrayDataset, model_meta: dict | None,
+               data: bool = True) -> None:
     """A classifier for class labels, a regression model for regression targets: the model's
-    recorded task against the requested ``task`` (else the data's), one clear error."""
+    recorded task against the requested ``task`` (else the data's), and (``data``) the data's
+    kind against ``task``; one clear error."""
     recorded = (model_meta or {}).get("task") or {}
     recorded = recorded.get("name") if isinstance(recorded, dict) else None
     wanted = task or ds.task
-    if recorded is None or wanted not in TASK_NAMES:
-        return
-    if (recorded == "classification") != (wanted == "classification"):
-        kinds = {True: "classifier", False: "regression model"}
-        what = f"`task` {task}" if task else \
-            ("class labels" if ds.task == "classification" else "regression targets")
+    kinds = {True: "classifier", False: "regression model"}
+    if recorded is not None and wanted in TASK_NAMES and \
+            (recorded == "classification") != (wanted == "classification"):
+        what = f"`task` {task} does" if task else \
+            ("class labels do" if ds.task == "classification" else "regression targets do")
         raise DrmguardError(f"the model is a {kinds[recorded == 'classification']} (task "
-                            f"{recorded}), not a {kinds[wanted == 'classification']}: "
-                            f"{what} do not fit it" if not task else
-                            f"the model is a {kinds[recorded == 'classification']} (task "
-                            f"{recorded}), not a {kinds[wanted == 'classification']}: "
-                            f"{what} does not fit it")
+                            f"{recorded}), not a {kinds[wanted == 'classification']}: {what} "
+                            "not fit it")
+    if data and task is not None and task in TASK_NAMES and ds.task in TASK_NAMES and \
+            (ds.task == "classification") != (task == "classification"):
+        data = "class labels" if ds.task == "classification" else "regression targets"
+        raise DrmguardError(f"the data are {data} but `task` {task} is "
+                            f"{'not ' if ds.task == 'classification' else ''}a classification "
+                            "task")
 
 
 def load_data_for_model(data: str | ArrayDataset, model: RegressionModel,
@@ -125,7 +121,7 @@ def load_data_for_model(data: str | ArrayDataset, model: RegressionModel,
     if len(ds) < min_samples:
         raise DrmguardError(f"{data} has {len(ds)} labelled images; at least {min_samples} "
                             "are needed")
-    check_kind(task, ds, meta)
+    check_kind(task, ds, meta, data=False)
     if task == "classification" and ds.task != "classification":  # class indices -> one-hot
         from .data.formats import as_classification
 
@@ -168,8 +164,8 @@ def load_training_data(data: str, task: str | None, profile, progress: bool = Tr
     ds = load_dataset(data, progress=progress, task="classification"
                       if task == "classification" else None)
     if (ds.task == "classification") != ((task or ds.task) == "classification"):
-        raise DrmguardError(f"the data are {'class labels' if ds.task == 'classification' else 'regression targets'}"
-                            f", not for task {task}")
+        kind = "class labels" if ds.task == "classification" else "regression targets"
+        raise DrmguardError(f"the data are {kind}, not for task {task}")
     t = task_for(ds, task)
     size = profile.size_for(t.name)
     if ds.image_size != (size, size) and profile.name != "tiny":
