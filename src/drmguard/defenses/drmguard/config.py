@@ -203,8 +203,15 @@ PROFILE_DEFAULTS: dict[str, dict] = {
 }
 
 # The paper's per-task optimiser settings (batch 100, lr 1e-4 for head pose).
+# Classifiers: the scan reports the cheapest collapsed state of the search on held-out D_b
+# images (the final state of a search that overshot to a large perturbation is not its best);
+# chosen on development digits models, seeds 100-101 (docs/classification.md).
+_CLASSIFIER_SEARCH = dict(select="cheapest_collapse")
 PROFILE_TASK_DEFAULTS: dict[tuple[str, str], dict] = {
     ("paper", "headpose"): dict(batch_size=100, lr=0.0001),
+    ("tiny", "classification"): dict(_CLASSIFIER_SEARCH),
+    ("cpu", "classification"): dict(_CLASSIFIER_SEARCH),
+    ("paper", "classification"): dict(_CLASSIFIER_SEARCH),
 }
 
 
