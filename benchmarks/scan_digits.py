@@ -11,8 +11,10 @@ Usage::
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/scan_digits.py [--profile cpu] [--seed 0]
 
-Writes ``results/scan_digits_cpu.json`` (seconds per scan, verdicts, the git commit, the CPU
-and its load at the start).
+Writes ``results/scan_digits_cpu.json`` (wall and CPU seconds per scan, verdicts, the git
+commit, the CPU and its load at the start and end). On a machine shared with other work the
+wall time measures the contention; the CPU time of the scan's one thread is what it costs (≈ its
+wall time on an idle core).
 """
 
 from __future__ import annotations
@@ -58,20 +60,25 @@ def main(argv=None) -> None:
               "scans": {}}
     for name in ("drmguard", "neural_cleanse"):
         det = get_detector(name, args.profile, "classification")
-        times, d = [], None
+        times, cpu, d = [], [], None
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             d = det.detect(model, benign, task, seed=0, progress=False)
             times.append(time.perf_counter() - t0)
-        best = min(times)
-        record["scans"][name] = {"seconds": round(best, 2),
+            cpu.append(time.process_time() - c0)
+        best, best_cpu = min(times), min(cpu)
+        record["scans"][name] = {"seconds": round(best, 2), "cpu_seconds": round(best_cpu, 2),
                                  "all_seconds": [round(t, 2) for t in times],
-                                 "within_aim": best <= AIM_S, "flagged": d.backdoored,
+                                 "all_cpu_seconds": [round(t, 2) for t in cpu],
+                                 "within_aim_wall": best <= AIM_S,
+                                 "within_aim_cpu": best_cpu <= AIM_S, "flagged": d.backdoored,
                                  "estimated_class": d.details.get("target_class")}
-        print(f"{name}: {best:.1f} s, flagged {d.backdoored}, class "
-              f"{d.details.get('target_class')}")
+        print(f"{name}: {best:.1f} s wall, {best_cpu:.1f} s CPU, flagged {d.backdoored}, class "
+              f"{d.details.get('target_class')}", flush=True)
     record.update({"cpu": platform.processor() or platform.machine(),
                    "cores": os.cpu_count(), "load_average_1min_at_start": load,
+                   "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg")
+                   else None,
                    "threads": torch.get_num_threads(), "commit": git_commit()})
     out = Path(args.out) / f"scan_digits_{args.profile}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
