@@ -53,12 +53,19 @@ def resolve_task(task: str | None, error: str | None, num_outputs: int,
             raise DrmguardError("gaze models are scored by angular error: drop `error` or use "
                                 "`error`=angular")
         task = task or implied or "generic"
+    recorded = (model_meta or {}).get("task") or {}
+    recorded = recorded.get("name") if isinstance(recorded, dict) else None
     if task is None:
-        recorded = (model_meta or {}).get("task") or {}
-        task = recorded.get("name") if isinstance(recorded, dict) else None
+        task = recorded
     if task is None and ds is not None and ds.task in TASK_NAMES:
         task = ds.task
     task = task or "generic"
+    if ds is not None:
+        check_kind(task, ds, model_meta)
+    if task == "classification":
+        names = ds.target_names if ds is not None and ds.target_names and \
+            len(ds.target_names) == num_outputs else None
+        return get_task("classification", dim=num_outputs, target_names=names)
     if task == "generic":
         names = ds.target_names if ds is not None and ds.target_names and \
             len(ds.target_names) == num_outputs else None
@@ -68,6 +75,30 @@ def resolve_task(task: str | None, error: str | None, num_outputs: int,
         raise DrmguardError(f"task {t.name} has {t.dim} outputs ({', '.join(t.target_names)}) "
                             f"but the model outputs {num_outputs}; pass `task`=generic")
     return t
+
+
+def check_kind(task: str | None, ds: ArrayDataset, model_meta: dict | None,
+               data: bool = True) -> None:
+    """A classifier for class labels, a regression model for regression targets: the model's
+    recorded task against the requested ``task`` (else the data's), and (``data``) the data's
+    kind against ``task``; one clear error."""
+    recorded = (model_meta or {}).get("task") or {}
+    recorded = recorded.get("name") if isinstance(recorded, dict) else None
+    wanted = task or ds.task
+    kinds = {True: "classifier", False: "regression model"}
+    if recorded is not None and wanted in TASK_NAMES and \
+            (recorded == "classification") != (wanted == "classification"):
+        what = f"`task` {task} does" if task else \
+            ("class labels do" if ds.task == "classification" else "regression targets do")
+        raise DrmguardError(f"the model is a {kinds[recorded == 'classification']} (task "
+                            f"{recorded}), not a {kinds[wanted == 'classification']}: {what} "
+                            "not fit it")
+    if data and task is not None and task in TASK_NAMES and ds.task in TASK_NAMES and \
+            (ds.task == "classification") != (task == "classification"):
+        data = "class labels" if ds.task == "classification" else "regression targets"
+        raise DrmguardError(f"the data are {data} but `task` {task} is "
+                            f"{'not ' if ds.task == 'classification' else ''}a classification "
+                            "task")
 
 
 def load_data_for_model(data: str | ArrayDataset, model: RegressionModel,
@@ -90,6 +121,11 @@ def load_data_for_model(data: str | ArrayDataset, model: RegressionModel,
     if len(ds) < min_samples:
         raise DrmguardError(f"{data} has {len(ds)} labelled images; at least {min_samples} "
                             "are needed")
+    check_kind(task, ds, meta, data=False)
+    if task == "classification" and ds.task != "classification":  # class indices -> one-hot
+        from .data.formats import as_classification
+
+        ds = as_classification(ds, model.num_outputs, str(data))
     if ds.channels != model.in_channels:
         kind = {1: "grayscale", 3: "RGB"}
         raise DrmguardError(
@@ -114,8 +150,8 @@ def load_data_for_model(data: str | ArrayDataset, model: RegressionModel,
 def task_for(ds: ArrayDataset, task: str | None) -> Task:
     """The task named by ``task``, else the one recorded with the data (else generic)."""
     name = task or ds.task or "generic"
-    return get_task(name, dim=ds.target_dim, target_names=ds.target_names if name == "generic"
-                    else None)
+    return get_task(name, dim=ds.target_dim, target_names=ds.target_names
+                    if name in ("generic", "classification") else None)
 
 
 def load_training_data(data: str, task: str | None, profile, progress: bool = True
@@ -125,7 +161,11 @@ def load_training_data(data: str, task: str | None, profile, progress: bool = Tr
     from .profiles import get_profile
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    ds = load_dataset(data, progress=progress)
+    ds = load_dataset(data, progress=progress, task="classification"
+                      if task == "classification" else None)
+    if (ds.task == "classification") != ((task or ds.task) == "classification"):
+        kind = "class labels" if ds.task == "classification" else "regression targets"
+        raise DrmguardError(f"the data are {kind}, not for task {task}")
     t = task_for(ds, task)
     size = profile.size_for(t.name)
     if ds.image_size != (size, size) and profile.name != "tiny":

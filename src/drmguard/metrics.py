@@ -140,6 +140,11 @@ def attack_metrics(model: RegressionModel, attack, ds: ArrayDataset | tuple, tas
     ``ds`` is a dataset or a pair (images B×C×H×W in [0,1], labels B×K). Multi-target attacks
     add per-target lists (``AE_per_target`` ...); the top-level values refer to target 1.
     Errors are in the task's error units (degrees for gaze and head pose).
+
+    Classification (one-hot labels, logits out; the errors are then misclassification rates)
+    adds ``accuracy`` (clean accuracy, 1 − RE), ``ASR`` (attack success rate: the fraction of
+    triggered inputs whose true class is not the target that are classified as the target),
+    ``target_class`` and ``real_target_class`` (the most frequent class on triggered inputs).
     """
     if isinstance(ds, ArrayDataset):
         if len(ds) == 0:
@@ -162,7 +167,7 @@ def attack_metrics(model: RegressionModel, attack, ds: ArrayDataset | tuple, tas
     result = {"n": int(len(x)), "error_units": task.error_units,
               "RE": float(task.error(out_c, y).mean()), "aggregation": aggregation}
     per = {"AE": [], "DAE": [], "CTE": [], "RNV": [], "RAV": [], "target": [],
-           "real_target": []}
+           "real_target": [], "ASR": [], "target_class": [], "real_target_class": []}
     for i, target in enumerate(attack.targets):
         h_p, out_p = _outputs_and_features(model, x, batch_size,
                                            transform=lambda xb, i=i: attack.apply_for(xb, i))
@@ -174,7 +179,20 @@ def attack_metrics(model: RegressionModel, attack, ds: ArrayDataset | tuple, tas
         per["RAV"].append(float(rav_from_angles(_eval_angles(h_p, w), theta_c, aggregation)))
         per["target"].append(target.tolist())
         per["real_target"].append(out_p.mean(0).tolist())
+        if task.is_classification:
+            t_cls = int(target.argmax())
+            keep = y.argmax(1) != t_cls
+            pred_p = out_p.argmax(1)
+            per["ASR"].append(float((pred_p[keep] == t_cls).float().mean()) if keep.any()
+                              else float("nan"))
+            per["target_class"].append(t_cls)
+            per["real_target_class"].append(int(torch.bincount(pred_p, minlength=task.dim)
+                                                .argmax()))
+    if task.is_classification:
+        result["accuracy"] = 1.0 - result["RE"]
     for key, values in per.items():
+        if not values:
+            continue
         result[key] = values[0]
         if len(attack.targets) > 1:
             result[f"{key}_per_target"] = values
@@ -183,6 +201,8 @@ def attack_metrics(model: RegressionModel, attack, ds: ArrayDataset | tuple, tas
 
 #: AE must be below this fraction of CTE for a backdoor to count as implanted (see implanted)
 IMPLANT_FRACTION = 0.25
+#: classification: the attack success rate a backdoor needs to count as implanted
+IMPLANT_ASR = 0.9
 
 
 def implanted(metrics: dict, fraction: float = IMPLANT_FRACTION) -> bool:
@@ -200,7 +220,13 @@ def implanted(metrics: dict, fraction: float = IMPLANT_FRACTION) -> bool:
     (:func:`drmguard.experiments.zoo.draw_target`): such a collapse gives AE/CTE ≥ 0.59 (gaze)
     and ≥ 0.37 (head pose) on the synthetic label distributions, while the implanted cpu-profile
     backdoors have AE ≈ 1–1.6° against CTE ≈ 20–30° (AE/CTE ≈ 0.05).
+
+    Classification metrics (with ``ASR``) use the classifier's criterion instead: ASR ≥
+    :data:`IMPLANT_ASR` (0.9) for every target.
     """
+    if "ASR" in metrics:
+        asr = metrics.get("ASR_per_target", [metrics["ASR"]])
+        return bool(asr) and all(a is not None and a >= IMPLANT_ASR for a in asr)
     if not fraction > 0:
         raise DrmguardError(f"the implant fraction must be positive, got {fraction!r}")
     try:

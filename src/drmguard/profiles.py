@@ -2,7 +2,9 @@
 (ResNet18 at 224×224 gaze / 112×112 head pose with the paper's schedules, for GPUs).
 
 A profile fixes the synthetic data size, the image size per task, the architecture and the
-training schedule. Defences read their own per-profile settings from their config modules.
+training schedule. The ``classification`` task (scikit-learn's 8×8 digits, docs/classification.md)
+has its own image size and schedule: 16×16 in ``tiny`` and ``cpu`` (a digits classifier trains
+in seconds), 32×32 (CIFAR-10's size, the paper's Appendix A.9) in ``paper``. Defences read their own per-profile settings from their config modules.
 """
 
 from __future__ import annotations
@@ -34,18 +36,24 @@ PROFILES: Registry = Registry("profile")
 for _p in (
     Profile(
         name="tiny", arch="small_resnet", arch_kwargs={"widths": [8, 16, 32]},
-        image_size={"gaze": 32, "headpose": 32, "generic": 32}, n_samples=240, subjects=6,
-        train={"generic": TrainConfig(epochs=2, batch_size=32, lr=2e-3)}),
+        image_size={"gaze": 32, "headpose": 32, "generic": 32, "classification": 16},
+        n_samples=240, subjects=6,
+        train={"generic": TrainConfig(epochs=2, batch_size=32, lr=2e-3),
+               "classification": TrainConfig(epochs=3, batch_size=32, lr=3e-3)}),
     Profile(
         name="cpu", arch="small_resnet", arch_kwargs={"widths": [16, 32, 64, 128]},
-        image_size={"gaze": 32, "headpose": 32, "generic": 32}, n_samples=6000, subjects=30,
-        train={"generic": TrainConfig(epochs=20, batch_size=64, lr=2e-3)}),
+        image_size={"gaze": 32, "headpose": 32, "generic": 32, "classification": 16},
+        n_samples=6000, subjects=30,
+        train={"generic": TrainConfig(epochs=20, batch_size=64, lr=2e-3),
+               "classification": TrainConfig(epochs=15, batch_size=64, lr=2e-3)}),
     Profile(
         name="paper", arch="resnet18",
-        image_size={"gaze": 224, "headpose": 112, "generic": 224}, n_samples=30000, subjects=15,
+        image_size={"gaze": 224, "headpose": 112, "generic": 224, "classification": 32},
+        n_samples=30000, subjects=15,
         train={"gaze": TrainConfig(steps=10000, batch_size=64, lr=1e-4, schedule="none"),
                "headpose": TrainConfig(steps=5000, batch_size=64, lr=1e-4, schedule="none"),
-               "generic": TrainConfig(steps=10000, batch_size=64, lr=1e-4, schedule="none")}),
+               "generic": TrainConfig(steps=10000, batch_size=64, lr=1e-4, schedule="none"),
+               "classification": TrainConfig(epochs=30, batch_size=64, lr=1e-3)}),
 ):
     PROFILES.register(_p.name, _p)
 

@@ -7,6 +7,12 @@
 - ``headpose``: target (yaw, pitch, roll) in degrees; loss L1; error = mean absolute error over
   the three angles, in degrees.
 - ``generic``: any K outputs; loss L1; error = mean absolute error over the K outputs.
+- ``classification``: K classes; the model outputs K logits; labels are class indices on disk
+  (``labels.csv`` column ``label``, or a 1-D ``targets`` array in ``.npz``) and one-hot rows of K
+  values in memory (:func:`labels_to_onehot`), so splits, poisoning (a target class is a one-hot
+  target vector) and every shape check work as for regression. Loss cross-entropy; error =
+  misclassification (0/1 per sample, so the mean error is 1 − accuracy). DRMGuard reads the
+  softmax of the logits (:meth:`Task.output_transform`, the paper's Appendix A.9).
 """
 
 from __future__ import annotations
@@ -57,28 +63,51 @@ class Task:
     target_names: tuple[str, ...]
     units: str
     error_units: str
+    kind: str = "regression"  # or "classification" (outputs are logits; see the module doc)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind == "classification"
+
+    def output_transform(self, y: torch.Tensor) -> torch.Tensor:
+        """What the defences read of the model's outputs: the outputs themselves for regression,
+        the softmax probabilities of the logits for classification (Appendix A.9)."""
+        return torch.softmax(y, dim=-1) if self.is_classification else y
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Training loss (L1, mean over batch and components)."""
+        """Training loss: L1, mean over batch and components; cross-entropy to the class of the
+        one-hot ``target`` for classification."""
+        if self.is_classification:
+            return torch.nn.functional.cross_entropy(pred, target.argmax(-1))
         return (pred - target).abs().mean()
 
     def error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample regression error (B,) in ``error_units``."""
+        """Per-sample regression error (B,) in ``error_units``; for classification 1 where the
+        predicted class (argmax) is not the target's, else 0."""
         if pred.shape[-1] != self.dim or target.shape[-1] != self.dim:
             raise DrmguardError(
                 f"task {self.name} expects {self.dim} outputs, got {pred.shape[-1]} and "
                 f"{target.shape[-1]}")
+        if self.is_classification:
+            return (pred.argmax(-1) != target.argmax(-1)).to(pred.dtype)
         if self.name == "gaze":
             return angular_error_deg(pred, target)
         return mean_abs_error(pred, target)
 
     def component_errors(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample absolute error per component (B, K), in target units (degrees for gaze)."""
+        """Per-sample absolute error per component (B, K), in target units (degrees for gaze;
+        for classification between the softmax probabilities and the one-hot target)."""
+        if self.is_classification:
+            return (torch.softmax(pred, -1) - target).abs()
         d = (pred - target).abs()
         return torch.rad2deg(d) if self.name == "gaze" else d
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dim": self.dim, "target_names": list(self.target_names)}
+
+    def classes(self, y: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Class indices (N,) of one-hot targets, probabilities or logits (N×K)."""
+        return np.asarray(torch.as_tensor(y).reshape(-1, self.dim).argmax(-1))
 
 
 GAZE = Task("gaze", 2, ("yaw", "pitch"), "rad", "deg")
@@ -96,11 +125,53 @@ def _generic(dim: int | None = None, target_names=None) -> Task:
     return Task("generic", dim, names, "", "")
 
 
+def _classification(dim: int | None = None, target_names=None) -> Task:
+    """The classification task with ``dim`` classes (or one per class name)."""
+    if dim is None and target_names is None:
+        raise DrmguardError("the classification task needs the number of classes")
+    names = tuple(str(n) for n in target_names) if target_names else \
+        tuple(str(i) for i in range(dim))
+    dim = len(names) if dim is None else int(dim)
+    if dim < 2 or len(names) != dim:
+        raise DrmguardError(f"classification task: {len(names)} class names for {dim} classes "
+                            "(at least 2 classes)")
+    return Task("classification", dim, names, "class", "error rate", kind="classification")
+
+
+def labels_to_onehot(labels, num_classes: int, source: str = "the labels") -> np.ndarray:
+    """Class indices (N or N×1, integers 0..K−1) -> one-hot float32 N×K; a label that is not
+    an integer in range raises one error naming the first offending row."""
+    y = np.asarray(labels, dtype=np.float64)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DrmguardError(f"{source}: classification labels must be one class index per "
+                            f"image, got shape {y.shape}")
+    if int(num_classes) < 2:
+        raise DrmguardError(f"{source}: classification needs at least 2 classes, got "
+                            f"{num_classes}")
+    bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)) | (y < 0) | (y >= num_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise DrmguardError(f"{source}: label {y[i]:g} of row {i} is not a class index in "
+                            f"0..{int(num_classes) - 1} ({len(bad)} bad label(s))")
+    out = np.zeros((len(y), int(num_classes)), np.float32)
+    out[np.arange(len(y)), y.astype(np.int64)] = 1.0
+    return out
+
+
+def is_onehot(targets: np.ndarray) -> bool:
+    t = np.asarray(targets)
+    return t.ndim == 2 and t.shape[1] >= 2 and bool(np.isin(t, (0.0, 1.0)).all()) and \
+        bool((t.sum(1) == 1).all())
+
+
 # name -> a Task of fixed shape, or a builder (dim, target_names) -> Task
-TASKS: Registry = Registry("task", choices_text="gaze, headpose or generic")
+TASKS: Registry = Registry("task", choices_text="gaze, headpose, generic or classification")
 TASKS.register("gaze", GAZE)
 TASKS.register("headpose", HEADPOSE)
 TASKS.register("generic", _generic)
+TASKS.register("classification", _classification)
 
 
 def get_task(name: str, dim: int | None = None, target_names=None) -> Task:

@@ -52,6 +52,34 @@ def synth(task: str = typer.Option("gaze", help="gaze or headpose."),
         typer.echo(f"wrote {len(ds)} images to {_write(ds, out, fmt, quiet)}")
 
 
+@data_app.command("digits")
+def digits(size: int = typer.Option(16, help="Image side (8 is the native size; divisible by "
+                                             "8 for training)."),
+           channels: int = typer.Option(3, help="1 (grey) or 3 (grey repeated as RGB)."),
+           seed: int = SeedOpt,
+           out: Path = typer.Option(..., help="Output folder (or .npz file with --format npz)."),
+           fmt: str = typer.Option("folder", "--format", help="folder or npz."),
+           split: str = typer.Option("", help="Also split, e.g. 0.7,0.1,0.2: writes "
+                                              "OUT/train, OUT/benign, OUT/test (by sample)."),
+           quiet: bool = QuietOpt):
+    """Write scikit-learn's bundled handwritten digits (1,797 real 8×8 images, 10 classes; no
+    download) as a classification dataset: class indices in labels.csv / .npz."""
+    from ..data.digits import load as load_digits
+
+    if size < 1:
+        raise DrmguardError("--size must be positive")
+    ensure_new_path(out)
+    ds = load_digits(size=size, channels=channels)
+    if split:
+        parts = split_dataset(ds, parse_floats(split, "--split"), by_subject=False, seed=seed)
+        for name, part in (("train", parts.train), ("benign", parts.benign), ("test", parts.test)):
+            target = out / name if fmt == "folder" else out / f"{name}.npz"
+            _write(part, target, fmt, quiet)
+            typer.echo(f"wrote {len(part)} images to {target}")
+    else:
+        typer.echo(f"wrote {len(ds)} images to {_write(ds, out, fmt, quiet)}")
+
+
 @data_app.command("split")
 def split_cmd(data: str = typer.Argument(..., help="Dataset spec (folder, .npz, name:PATH)."),
               out: Path = typer.Option(..., help="Output folder for train/, benign/, test/."),

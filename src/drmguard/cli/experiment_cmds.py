@@ -18,7 +18,8 @@ exp_app = typer.Typer(no_args_is_help=True,
 CacheOpt = typer.Option(None, "--cache", help="Zoo cache directory (default: $DRMGUARD_CACHE, "
                                              "else .drmguard-cache).")
 OutOpt = typer.Option("results", "--out", help="Directory for the Markdown + JSON results.")
-TaskOpt = typer.Option("gaze", "--task", help="gaze or headpose (synthetic).")
+TaskOpt = typer.Option("gaze", "--task", help="gaze or headpose (synthetic); identification "
+                                              "also classification (the digits).")
 
 
 WorkersOpt = typer.Option(1, "--workers", help="Models and runs computed at once (each "
@@ -65,9 +66,16 @@ def _command() -> str:
     return "drmguard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _check_task(task: str) -> None:
+def _check_task(task: str, classification: bool = False) -> None:
+    """The experiment tasks: synthetic gaze and head pose; ``classification`` (the digits,
+    docs/classification.md) where the experiment supports it (identification)."""
+    if task == "classification" and classification:
+        return
     if task not in ("gaze", "headpose"):
-        raise DrmguardError(f"experiments run on the synthetic tasks gaze and headpose, not '{task}'")
+        extra = " (identification also classification)" if not classification else \
+            " or classification (the digits)"
+        raise DrmguardError(f"experiments run on the synthetic tasks gaze and headpose{extra}, "
+                            f"not '{task}'")
 
 
 def _check_counts(**counts: int) -> None:
@@ -156,18 +164,20 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                                                         "attack's model count."),
                        benign: int = typer.Option(10, help="Benign models."),
                        backdoored: int = typer.Option(10, help="Backdoored models per attack."),
-                       defenses: str = typer.Option("drmguard", help="drmguard,nc,featurere"),
+                       defenses: str = typer.Option("drmguard", help="drmguard,nc,featurere "
+                                                                     "(nc = neural_cleanse)"),
                        arch: str = typer.Option(None, help="Architecture (profile's default)."),
                        name: str = typer.Option(None, help="Result file name."),
                        first_seed: int = _first_seed_opt(0),
                        plan: bool = PlanOpt, rescan: bool = RescanOpt,
                        cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt,
                        executor=None):
-    """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5)."""
+    """Identification: confusion counts and ROC-AUC per attack (Tables 3, 5); with --task
+    classification on digits classifiers (Appendix A.9; --defenses drmguard,neural_cleanse)."""
     from ..experiments.identification import (parse_attack_counts, plan_identification,
                                               run_identification)
 
-    _check_task(task)
+    _check_task(task, classification=True)
     _check_counts(benign=benign, backdoored=backdoored)
     names, counts = parse_attack_counts(_list(attacks, "--attacks"), backdoored)
     if plan:

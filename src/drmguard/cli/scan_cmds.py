@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from ..errors import DrmguardError, first_line
@@ -103,6 +104,9 @@ def print_scan(results: list[tuple[str, object]], console=None) -> None:
             continue
         style = "bold red" if r["backdoored"] else "green"
         est = ", ".join(f"{n}={v:.3g}" for n, v in zip(r["target_names"], r["target_estimate"]))
+        if r.get("target_class") is not None:  # a classifier: the class, and its probability
+            k = r["target_class"]
+            est = f"class {r['target_names'][k]} (p={r['target_estimate'][k]:.2f})"
         table.add_row(name, f"[{style}]{r['status']}[/{style}]", f"{r['R']:.4f}",
                       f"{r['tau']:.4f}", f"{r['collapse_ratio']:.3f}", est,
                       f"{r['timings']['total']:.0f} s")
@@ -138,6 +142,10 @@ def scan_cmd(models: list[str] = typer.Argument(
              arch: str = mo.ArchOpt, weights: str = mo.WeightsOpt,
              input_size: str = mo.InputSizeOpt, mean: str = mo.MeanOpt, std: str = mo.StdOpt,
              feature_layer: str = mo.FeatureLayerOpt, allow_pickle: bool = mo.AllowPickleOpt,
+             defense: str = typer.Option("drmguard", "--defense",
+                                         help="The detector: drmguard, or a baseline (nc = "
+                                              "neural_cleanse, featurere; one model, no "
+                                              "--report/--save-trigger/--tau/--lambda*)."),
              quiet: bool = QuietOpt):
     """Is this model backdoored? Reverse-engineer a trigger on benign data and decide.
 
@@ -145,9 +153,18 @@ def scan_cmd(models: list[str] = typer.Argument(
     one summary table; a model that cannot be read is reported in the table and the command
     then exits with code 2."""
     from .. import api
+    from ..defenses.base import DETECTORS
 
     paths = expand_models(models)
     single = paths == list(models) and len(paths) == 1  # one model, not a folder of them
+    if DETECTORS.canonical(defense) != "drmguard":
+        return _baseline_scan(paths, single, defense, data, task, error, columns, profile, seed,
+                              json_out, fail_on_backdoor, quiet,
+                              dict(arch=arch, weights=weights, input_size=input_size, mean=mean,
+                                   std=std, feature_layer=feature_layer,
+                                   allow_pickle=allow_pickle),
+                              report=report, save_trigger=save_trigger, tau=tau,
+                              lambda1=lambda1, lambda3=lambda3)
     if report is not None:
         ensure_new_path(report, "report directory")
     if save_trigger is not None:
@@ -198,6 +215,39 @@ def scan_cmd(models: list[str] = typer.Argument(
         raise DrmguardError(f"{len(failed)} of {len(records)} models could not be scanned "
                             f"(first: {failed[0]['model']}: {failed[0]['error']})")
     if fail_on_backdoor and any(r.get("backdoored") for r in records):
+        raise typer.Exit(3)
+
+
+def _baseline_scan(paths, single, defense, data, task, error, columns, profile, seed, json_out,
+                   fail_on_backdoor, quiet, model_options, **drmguard_only):
+    """``drmguard scan --defense NAME``: one baseline detector on one model (for classifiers:
+    Neural Cleanse in its original, per-class form)."""
+    from .. import api
+
+    used = [k for k, v in drmguard_only.items() if v is not None]
+    if used:
+        raise DrmguardError(f"`{used[0]}` is a DRMGuard option; the {defense} scan does not "
+                            "take it")
+    if not single:
+        raise DrmguardError(f"--defense {defense} scans one model at a time")
+    model, _, ds, t = load_scan_inputs(paths[0], data, task, model_options["allow_pickle"],
+                                       quiet, model_options["arch"], model_options["weights"],
+                                       model_options["input_size"], model_options["mean"],
+                                       model_options["std"], model_options["feature_layer"],
+                                       error, columns)
+    det = api.detect(model, ds, defense, t.name, profile=profile, seed=seed,
+                     progress=not quiet)
+    rec = {"model": str(paths[0]), "data": data, "task": t.name, **det.to_dict()}
+    if json_out != "-":
+        verdict = "backdoored" if det.backdoored else "benign"
+        target = ""
+        if det.target_estimate is not None and t.is_classification:
+            target = f", target class {t.target_names[int(np.argmax(det.target_estimate))]}"
+        typer.echo(f"{paths[0]}: {verdict} ({det.defense}: score {det.score:.3g}, threshold "
+                   f"{det.threshold}{target}, {det.seconds:.0f} s)")
+    if json_out:
+        write_json(rec, json_out)
+    if fail_on_backdoor and det.backdoored:
         raise typer.Exit(3)
 
 

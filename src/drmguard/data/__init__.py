@@ -3,7 +3,9 @@
 A data spec is one of
 - a path to a drmguard folder (``labels.csv`` + ``meta.json``) or a ``.npz`` file;
 - ``mpiifacegaze:PATH``, ``columbiagaze:PATH``, ``biwi:PATH``, ``pandora:PATH``, optionally with
-  loader options as a query string, e.g. ``biwi:/data/hpdb?convention=hopenet``.
+  loader options as a query string, e.g. ``biwi:/data/hpdb?convention=hopenet``;
+- ``digits`` (or ``digits:?size=32``): scikit-learn's bundled handwritten digits, a
+  classification data set that needs no download (:mod:`.digits`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from .formats import load_folder, load_npz, save_folder, save_npz
 DATASETS: Registry = Registry("dataset", normalise=str.lower)
 for _name in ("mpiifacegaze", "columbiagaze", "biwi", "pandora"):
     DATASETS.register(_name, Lazy(f"{__name__}.{_name}:load"))
+DATASETS.register("digits", Lazy(f"{__name__}.digits:load"))
 REAL_DATASETS = DATASETS
+BUILTIN_DATASETS = ("digits",)  # need no path
 
 
 def parse_spec(spec: str) -> tuple[str | None, str, dict]:
     """(dataset name or None for native formats, path, options)."""
+    if spec.lower() in BUILTIN_DATASETS:
+        return spec.lower(), "", {}
     name, sep, rest = spec.partition(":")
     if sep and name.lower() in REAL_DATASETS:
         path, _, query = rest.partition("?")
@@ -59,7 +65,11 @@ def load_dataset(spec: str, columns: list[str] | None = None, task: str | None =
             ds = load_npz(p, columns=columns)
         else:
             raise DrmguardError(f"{p} is neither a dataset folder nor a .npz file")
-    if task is not None:
+    if task == "classification" and ds.task != "classification":
+        from .formats import as_classification
+
+        ds = as_classification(ds, source=str(spec))
+    elif task is not None:
         ds.task = task
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)

@@ -17,11 +17,39 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DrmguardError
+from ..tasks import is_onehot, labels_to_onehot
 from ..utils import progress_bar
 from .base import ArrayDataset
 
 META_JSON = "meta.json"
 LABELS_CSV = "labels.csv"
+
+
+CLASS_LABEL = "label"  # the column (folder) of class indices of classification data
+
+
+def as_classification(ds: ArrayDataset, classes: list | int | None = None,
+                      source: str = "the data") -> ArrayDataset:
+    """``ds`` with one-hot targets and task ``classification``: class indices (one column) are
+    converted, checked against ``classes`` (the class names, or their number; default: the
+    data's target names when there are K ≥ 2 of them and one-hot targets, else max label + 1);
+    one-hot targets are kept."""
+    if ds.target_dim > 1:
+        if not is_onehot(ds.targets):
+            raise DrmguardError(f"{source}: classification targets must be one class index per "
+                                f"image (or one-hot rows), got {ds.target_dim} values per image")
+        names = ds.target_names or [str(i) for i in range(ds.target_dim)]
+        return ArrayDataset(ds.images, ds.targets, "classification", ds.subjects, list(names),
+                            dict(ds.meta))
+    if isinstance(classes, int):
+        names = [str(i) for i in range(classes)]
+    elif classes:
+        names = [str(c) for c in classes]
+    else:
+        top = float(np.nanmax(ds.targets)) if len(ds.targets) else 1.0
+        names = [str(i) for i in range(max(2, int(top) + 1 if np.isfinite(top) else 2))]
+    onehot = labels_to_onehot(ds.targets[:, 0], len(names), source)
+    return ArrayDataset(ds.images, onehot, "classification", ds.subjects, names, dict(ds.meta))
 
 
 def save_folder(ds: ArrayDataset, out_dir: str | os.PathLike, progress: bool = True,
@@ -31,6 +59,11 @@ def save_folder(ds: ArrayDataset, out_dir: str | os.PathLike, progress: bool = T
         raise DrmguardError(f"{out} already holds a dataset; choose another `out`")
     (out / "images").mkdir(parents=True, exist_ok=True)
     names = ds.target_names or [f"y{i}" for i in range(ds.target_dim)]
+    classes = None
+    if ds.task == "classification" and is_onehot(ds.targets):
+        classes, names = list(names), [CLASS_LABEL]
+        ds = ArrayDataset(ds.images, ds.targets.argmax(1)[:, None], ds.task, ds.subjects,
+                          names, ds.meta)
     width = max(5, len(str(len(ds))))
     with open(out / LABELS_CSV, "w", newline="") as f:
         w = csv.writer(f)
@@ -39,12 +72,15 @@ def save_folder(ds: ArrayDataset, out_dir: str | os.PathLike, progress: bool = T
             rel = f"images/{i:0{width}d}.png"
             img = ds.images[i]
             Image.fromarray(img[..., 0] if ds.channels == 1 else img).save(out / rel)
-            row = [rel, *(f"{v:.7g}" for v in ds.targets[i])]
+            row = [rel, *((f"{int(v)}" for v in ds.targets[i]) if classes is not None
+                          else (f"{v:.7g}" for v in ds.targets[i]))]
             if ds.subjects is not None:
                 row.append(int(ds.subjects[i]))
             w.writerow(row)
     meta = {"task": ds.task, "target_names": list(names), "n": len(ds),
             "image_size": list(ds.image_size), "channels": ds.channels, **ds.meta}
+    if classes is not None:
+        meta["classes"] = classes
     (out / META_JSON).write_text(json.dumps(meta, indent=2))
     return out
 
@@ -97,9 +133,12 @@ def load_folder(path: str | os.PathLike, columns: list[str] | None = None,
         raise DrmguardError(f"{root}: images have different sizes {sorted(shapes)[:3]}...; "
                             "resize them to one size first")
     task = meta.get("task", "generic")
-    return ArrayDataset(np.stack(images), np.asarray(targets, np.float32), task,
-                        np.asarray(subjects) if subjects else None, label_cols,
-                        {"source": str(root)})
+    ds = ArrayDataset(np.stack(images), np.asarray(targets, np.float32), task,
+                      np.asarray(subjects) if subjects else None, label_cols,
+                      {"source": str(root)})
+    if task == "classification":
+        ds = as_classification(ds, meta.get("classes"), str(csv_path))
+    return ds
 
 
 def _read_image(path: Path, channels: int | None) -> np.ndarray:
@@ -123,7 +162,10 @@ def save_npz(ds: ArrayDataset, out_file: str | os.PathLike, overwrite: bool = Fa
         raise DrmguardError(f"{out} already exists; choose another `out`")
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if ds.subjects is None else {"subjects": ds.subjects}
-    np.savez_compressed(out, images=ds.images, targets=ds.targets, task=np.array(ds.task),
+    targets = ds.targets
+    if ds.task == "classification" and is_onehot(targets):
+        targets = targets.argmax(1).astype(np.int64)  # class indices on disk
+    np.savez_compressed(out, images=ds.images, targets=targets, task=np.array(ds.task),
                         target_names=np.array(ds.target_names or []), **extra)
     return out
 
@@ -150,6 +192,9 @@ def load_npz(path: str | os.PathLike, columns: list[str] | None = None) -> Array
     targets = np.asarray(targets, np.float32)
     if targets.ndim == 1:
         targets = targets[:, None]
+    if task == "classification":
+        return as_classification(ArrayDataset(images, targets, task, subjects, None,
+                                              {"source": str(p)}), names, str(p))
     names = names or [f"y{i}" for i in range(targets.shape[1])]
     if columns:
         missing = [c for c in columns if c not in names]

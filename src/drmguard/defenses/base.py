@@ -84,6 +84,10 @@ class Defence:
     # a defence that can measure a given trigger the way its rule would (DRMGuard: R and the
     # collapse of the real trigger) names the cached record of that measurement here
     trigger_cost_run: ClassVar[str | None] = None
+    # whether the defence handles classifiers (task ``classification``): DRMGuard (softmax
+    # outputs, Appendix A.9) and Neural Cleanse (its original per-class form) do; the
+    # regression-generalised baselines refuse them
+    supports_classification: ClassVar[bool] = False
 
     def __init__(self, profile: str = "cpu", task: str = "gaze", **overrides):
         self.profile, self.task = profile, task.name if isinstance(task, Task) else task
@@ -163,6 +167,11 @@ class Defence:
         """Common validation of (model, D_b, task); a subclass may check more."""
         from . import _common as C
 
+        if task.is_classification and not self.supports_classification:
+            raise DrmguardError(f"{self.title or self.name} is generalised to regression only; "
+                                "for classifiers use drmguard or neural_cleanse "
+                                "(docs/classification.md)")
+
         C.check_inputs(model, benign, task, min_samples=self.min_samples)
 
     @staticmethod
@@ -231,7 +240,8 @@ Detector = Mitigator = Defence
 # name -> factory (profile: str, task: str, **overrides), imported on first use.
 DETECTORS: Registry = Registry("detector")
 DETECTORS.register("drmguard", Lazy("drmguard.defenses.drmguard:make_detector"))
-DETECTORS.register("nc", Lazy("drmguard.defenses.neural_cleanse:make_detector"))
+DETECTORS.register("nc", Lazy("drmguard.defenses.neural_cleanse:make_detector"),
+                   aliases=("neural_cleanse",))
 DETECTORS.register("featurere", Lazy("drmguard.defenses.featurere:make_detector"))
 MITIGATORS: Registry = Registry("mitigator")
 MITIGATORS.register("drmguard", Lazy("drmguard.defenses.drmguard:make_mitigator"))

@@ -16,6 +16,12 @@ backdoored); the decision is ‖m‖₁ < ``mask_fraction_threshold``·H·W.
 turn to every point of a grid over the benign label range, one mask is reverse-engineered per
 candidate, and the MAD anomaly index of the smallest norm decides (index > 2 ⇒ backdoored).
 
+``variant="classes"`` is the original itself, for classifiers (task ``classification``): for
+every class t, min_{m, p} (1/N) Σ CE(F((1−m)⊙x + m⊙p), t) + λ‖m‖₁ with the official λ schedule
+and early stop; success = classified as t; the MAD anomaly index (consistency constant 1.4826)
+of the smallest ‖m‖₁ over the K classes decides (index > 2 ⇒ backdoored) and names the target
+class. It is the default for classification tasks and refused for regression ones.
+
 Differences from the original, all options: the loss is L1 divided per component by the benign
 label std (``normalise_loss``) so that ``init_cost`` means the same for every task; y_t lives in
 label-std units (y_t = μ + σ⊙u, Adam on u); masks that never reached the success threshold count
@@ -45,7 +51,9 @@ _EPS = 1e-7
 
 @dataclass
 class NeuralCleanseConfig:
-    variant: str = "optimise"  # optimise (y_t a variable, the default) | grid (enumerate y_t)
+    # optimise (y_t a variable, the default) | grid (enumerate y_t) | classes (classifiers:
+    # the original, one reverse-engineering per class)
+    variant: str = "optimise"
     epochs: int = 60  # NC "steps": passes over the benign samples
     batch_size: int = 32
     max_samples: int | None = 500  # benign samples used (seeded subsample), None = all
@@ -74,11 +82,13 @@ class NeuralCleanseConfig:
     candidates: list | None = None  # explicit candidate targets (N×K), replacing the grid
     grid_epochs: int = 12  # epochs per candidate target
     anomaly_threshold: float = 2.0  # MAD anomaly index above which the model is flagged
+    class_epochs: int = 40  # classes variant: epochs per class
     device: str = "auto"
 
     def __post_init__(self):
-        C.check(self.variant in ("optimise", "grid"),
-                f"NC variant must be 'optimise' or 'grid', got '{self.variant}'")
+        C.check(self.variant in ("optimise", "grid", "classes"),
+                f"NC variant must be 'optimise', 'grid' or 'classes', got '{self.variant}'")
+        C.check(self.class_epochs >= 1, "NC class_epochs must be >= 1")
         C.check(self.init in ("random", "ones"),
                 f"NC init must be 'random' or 'ones', got '{self.init}'")
         C.check(self.epochs >= 1 and self.grid_epochs >= 1, "NC epochs must be >= 1")
@@ -124,8 +134,12 @@ def reverse_engineer(model: RegressionModel, benign: ArrayDataset, task: Task,
     g = seed_everything(seed)
     c, (h, w) = model.in_channels, model.input_size
     mu, sd = C.label_stats(benign)
-    tau = C.success_tolerance(task, benign, cfg.success_tolerance)
-    scale = sd.to(device) if cfg.normalise_loss else None
+    classify = task.is_classification  # the original: CE to the class, success = argmax
+    if classify and target is None:
+        raise C.DrmguardError("NC on a classifier reverse-engineers one given class at a time")
+    target_class = int(target.argmax()) if classify else None
+    tau = None if classify else C.success_tolerance(task, benign, cfg.success_tolerance)
+    scale = sd.to(device) if cfg.normalise_loss and not classify else None
     if cfg.init == "random":
         m0, p0 = torch.rand(1, 1, h, w, generator=g), torch.rand(1, c, h, w, generator=g)
     else:
@@ -157,13 +171,18 @@ def reverse_engineer(model: RegressionModel, benign: ArrayDataset, task: Task,
             m, p = _from_tanh(theta_m), _from_tanh(theta_p)
             out = model((1 - m) * x + m * p)
             y = yt()
-            loss_task = C.scaled_l1(out, y.detach() if target is not None else y, scale)
+            if classify:
+                cls = torch.full((len(x),), target_class, dtype=torch.long, device=device)
+                loss_task = torch.nn.functional.cross_entropy(out, cls)
+            else:
+                loss_task = C.scaled_l1(out, y.detach() if target is not None else y, scale)
             reg = m.abs().sum()
             loss = loss_task + cost * reg
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            succ += float(C.hits(task, out.detach(), y.detach(), tau).sum())
+            succ += float((out.detach().argmax(1) == target_class).sum()) if classify else \
+                float(C.hits(task, out.detach(), y.detach(), tau).sum())
             n += len(x)
             regs.append(float(reg.detach()))
             losses.append(float(loss_task.detach()))
@@ -253,7 +272,18 @@ class NeuralCleanseR(Defence):
         "cpu": dict(epochs=60, max_samples=320, batch_size=32, grid_size=5, grid_epochs=12),
         "paper": dict(epochs=80, max_samples=None, batch_size=32, grid_size=5, grid_epochs=40),
     }
-    task_defaults = {"headpose": dict(grid_size=3)}  # 3 outputs: a grid of 3^3 = 27 points
+    task_defaults = {"headpose": dict(grid_size=3),  # 3 outputs: a grid of 3^3 = 27 points
+                     "classification": dict(variant="classes")}
+    profile_task_defaults = {
+        ("tiny", "classification"): dict(class_epochs=4, max_samples=64, patience=1,
+                                         early_stop_patience=3),
+        # D_b of the digits is 180 images: all used; patience 3 so that the λ schedule acts
+        # within the 40 epochs per class (10 classes: ~2,400 small steps)
+        ("cpu", "classification"): dict(class_epochs=40, max_samples=None, patience=3,
+                                        early_stop_patience=15),
+        ("paper", "classification"): dict(class_epochs=80, max_samples=None),
+    }
+    supports_classification = True  # variant "classes": the original
     option_aliases = {"tau": "success_tolerance"}
     stored_names = {"success_tolerance": "tau"}
 
@@ -263,6 +293,11 @@ class NeuralCleanseR(Defence):
         frozen = self.working_copy(model, cfg, frozen=True)
         data = C.subsample(benign, cfg.max_samples, seed)
         h, w = model.input_size
+        C.check(task.is_classification == (cfg.variant == "classes"),
+                f"NC's variant 'classes' (the original, per class) is for classifiers and "
+                f"classifiers need it; got variant '{cfg.variant}' on task {task.name}")
+        if task.is_classification:
+            return self._detect_classes(frozen, data, task, cfg, seed, progress, t0)
         tau = C.success_tolerance(task, benign, cfg.success_tolerance)
         common = {"variant": cfg.variant, "tau": tau, "success_tolerance": tau,
                   "n_samples": len(data), "config": self.config_dict(cfg)}
@@ -300,6 +335,37 @@ class NeuralCleanseR(Defence):
                                                             norms[best] < med),
                          score=float(index), threshold=cfg.anomaly_threshold,
                          target_estimate=[float(v) for v in cands[best]],
+                         seconds=time.perf_counter() - t0, details=details, result=results)
+
+
+    def _detect_classes(self, frozen, data, task, cfg, seed, progress, t0) -> Detection:
+        """The original Neural Cleanse: one mask per class, MAD over the K mask norms."""
+        results = []
+        bar = progress_bar(total=task.dim, desc="NC classes", enabled=progress)
+        for k in range(task.dim):
+            results.append(reverse_engineer(frozen, data, task, cfg,
+                                            target=torch.eye(task.dim)[k],
+                                            epochs=cfg.class_epochs, seed=seed + k,
+                                            progress=False, desc=f"NC class {k}"))
+            bar.update(1)
+        bar.close()
+        norms = np.array([r.mask_l1 for r in results])
+        index, med, mad = mad_anomaly(norms)
+        best = int(norms.argmin())
+        flagged = [i for i, v in enumerate(norms)
+                   if v < med and (mad == 0 or abs(v - med) / mad > cfg.anomaly_threshold)]
+        details = {"variant": cfg.variant, "n_samples": len(data),
+                   "config": self.config_dict(cfg), "classes": list(task.target_names),
+                   "mask_l1": norms.tolist(), "found": [r.found for r in results],
+                   "epochs_run": [r.epochs_run for r in results], "median": med, "mad": mad,
+                   "anomaly_index": index, "flagged": flagged, "target_class": best,
+                   "min_mask_l1": float(norms[best]),
+                   "mask_centroid": _centroid(results[best].mask)}
+        return Detection(defense=self.name, backdoored=bool(index > cfg.anomaly_threshold and
+                                                            norms[best] < med),
+                         score=float(min(index, 1e6)) if norms[best] < med else
+                         -float(min(index, 1e6)), threshold=cfg.anomaly_threshold,
+                         target_estimate=[float(v) for v in np.eye(task.dim)[best]],
                          seconds=time.perf_counter() - t0, details=details, result=results)
 
 

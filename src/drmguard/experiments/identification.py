@@ -13,7 +13,7 @@ import time
 import torch
 
 from ..defenses.base import get_detector, resolved_config
-from ..tasks import get_task
+from .data import experiment_task
 from ..utils import progress_bar
 from .results import md_table, provenance, write_results
 from .zoo import ModelSpec, Zoo
@@ -24,11 +24,14 @@ def attack_record(zoo: Zoo, spec: ModelSpec, model, attack, meta) -> dict:
     if attack is None:
         def compute():
             from ..training import evaluate
-            return {"RE": evaluate(model, zoo.splits(spec).test, get_task(spec.task))["error"]}
+            task = experiment_task(spec.task)
+            re = evaluate(model, zoo.splits(spec).test, task)["error"]
+            return {"RE": re, **({"accuracy": 1.0 - re} if task.is_classification else {})}
     else:
         def compute():
             from ..metrics import attack_metrics
-            return attack_metrics(model, attack, zoo.splits(spec).test, get_task(spec.task))
+            return attack_metrics(model, attack, zoo.splits(spec).test,
+                                  experiment_task(spec.task))
     return zoo.cached_run(spec, "attack", "metrics", {}, compute)
 
 
@@ -109,7 +112,8 @@ def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dic
             benign = benign.subset(range(min(benign_limit, len(benign))))
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        d = det.detect(model, benign, get_task(spec.task), seed=seed, progress=zoo.progress)
+        d = det.detect(model, benign, experiment_task(spec.task), seed=seed,
+                       progress=zoo.progress)
         d.save_artifacts(lambda suffix: zoo.artifact_path(spec, "detect", defense, config,
                                                           suffix))
         rec = d.to_dict()
@@ -263,7 +267,7 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options,
                         first_seed)
     records = []
-    t = get_task(task)
+    t = experiment_task(task)
     for spec in progress_bar(specs, desc="models", enabled=progress):
         model, attack, meta = zoo.model(spec)
         att = attack_record(zoo, spec, model, attack, meta)
@@ -279,12 +283,18 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                 "implanted": implant_status(att, spec.backdoored),
                 "target_error": target_error(t, det.get("target_estimate"),
                                              att.get("real_target")),
+                "accuracy": att.get("accuracy"), "ASR": att.get("ASR"),
+                "target_class": att.get("target_class"),
+                "estimated_class": (int(det["details"].get("target_class"))
+                                    if det.get("details", {}).get("target_class") is not None
+                                    else None),
                 "real_trigger_R": real.get("R"),
                 "real_trigger_collapse": real.get("collapse_ratio"),
                 "seconds": det.get("seconds"), "code": det.get("code"),
                 "details": det.get("details", {})})
     summary = summarise(records, defenses, attacks)
-    name = name or f"identification-{task}-{profile}" + (f"-{arch}" if arch else "")
+    data_name = "digits" if task == "classification" else task  # the classifiers' data
+    name = name or f"identification-{data_name}-{profile}" + (f"-{arch}" if arch else "")
     record = {"provenance": provenance(command), "task": task, "profile": profile, "arch": arch,
               "attacks": attacks, "n_benign": n_benign, "n_backdoored": n_backdoored,
               "first_seed": first_seed, "defenses": defenses, "overrides": overrides or {},
@@ -308,6 +318,8 @@ def to_markdown(rec: dict) -> str:
             f"backdoored models per attack; defender's benign set = the zoo's D_b"
             + (f" (first {rec['benign_limit']} images)" if rec.get("benign_limit") else "")
             + (f"; DRMGuard overrides {rec['overrides']}" if rec.get("overrides") else "") + ".\n\n")
+    if rec["task"] == "classification":
+        return head + classification_markdown(rec)
     rows = [[s["defense"], s["attack"], s["TP"], s["FP"], s["FN"], s["TN"], s["accuracy"],
              s["roc_auc"], s.get("target_error_mean"), s.get("not_implanted")]
             for s in rec["summary"]]
@@ -329,3 +341,54 @@ def to_markdown(rec: dict) -> str:
             "model whose attack did not implant is no positive and is left out of the counts "
             "above; – : recorded before CTE was measured (`--rescan` measures it).\n")
     return head + table + "\n\n## Per model\n\n" + models + note
+
+
+def classification_markdown(rec: dict) -> str:
+    """The identification tables of classifiers: clean accuracy and attack success rate (ASR)
+    instead of RE/AE/DAE; the estimated target class against the real one."""
+    from ..metrics import IMPLANT_ASR
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    rows = []
+    for s in rec["summary"]:
+        mine = [r for r in rec["models"] if r["defense"] == s["defense"] and r["attack"] is not None
+                and (s["attack"] == "all" or r["attack"] == s["attack"])
+                and r.get("implanted") is not False]
+        hits = [r["estimated_class"] == r["target_class"] for r in mine if r["flagged"]
+                and r.get("estimated_class") is not None]
+        rows.append([s["defense"], s["attack"], s["TP"], s["FP"], s["FN"], s["TN"],
+                     s["accuracy"], s["roc_auc"],
+                     f"{sum(hits)}/{len(hits)}" if hits else "–", s.get("not_implanted")])
+    table = md_table(["defence", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC",
+                      "target class right (flagged)", "not implanted (left out)"], rows)
+    first = rec["defenses"][0]
+    groups = {}
+    for r in rec["models"]:
+        if r["defense"] == first:
+            groups.setdefault(r["attack"] or "benign", []).append(r)
+    zrows = [[k, len(v), mean([r.get("accuracy") for r in v]),
+              min((r.get("accuracy") for r in v if r.get("accuracy") is not None), default=None),
+              mean([r.get("ASR") for r in v]) if k != "benign" else None,
+              min((r.get("ASR") for r in v if r.get("ASR") is not None), default=None)
+              if k != "benign" else None]
+             for k, v in groups.items()]
+    zoo = md_table(["models", "n", "clean accuracy (mean)", "clean accuracy (min)",
+                    "ASR (mean)", "ASR (min)"], zrows)
+    mrows = [[r["model"], r["defense"], r["score"], r["flagged"], r.get("accuracy"),
+              r.get("ASR"), r.get("target_class"), r.get("estimated_class"),
+              r.get("implanted"), r.get("real_trigger_R"), r.get("real_trigger_collapse"),
+              r["seconds"]]
+             for r in rec["models"]]
+    models = md_table(["model", "defence", "score", "flagged", "clean accuracy", "ASR",
+                       "target class", "estimated class", "implanted", "real R",
+                       "real collapse", "seconds"], mrows)
+    note = (f"\n\n*ASR*: attack success rate, the fraction of triggered test images whose true "
+            f"class is not the target that are classified as the target; *implanted*: ASR ≥ "
+            f"{IMPLANT_ASR:g} (a backdoored model below it is no positive and is left out of "
+            "the counts). *estimated class*: DRMGuard's argmax of the mean softmax on its "
+            "reversed images; Neural Cleanse's class with the smallest mask. *real R*, *real "
+            "collapse*: DRMGuard's R and collapse ratio of the attack's own trigger on D_b.\n")
+    return (table + "\n\n## Zoo\n\n" + zoo + "\n\n## Per model\n\n" + models + note)

@@ -31,10 +31,9 @@ from ..data.base import Splits
 from ..errors import DrmguardError
 from ..models.io import load_model, save_model
 from ..profiles import get_profile
-from ..tasks import get_task
 from ..training import train_regressor
 from ..utils import code_digest, default_cache_dir
-from .data import synthetic_splits
+from .data import experiment_task, synthetic_splits
 
 CACHE_VERSION = 1
 DEFAULT_CACHE = default_cache_dir()  # at import; Zoo(None) reads the environment when built
@@ -148,7 +147,7 @@ class Zoo:
 
     def _train(self, spec: ModelSpec, final_dir: Path) -> None:
         prof = get_profile(spec.profile)
-        task = get_task(spec.task)
+        task = experiment_task(spec.task)
         splits = self.splits(spec)
         arch_kwargs = prof.arch_kwargs if spec.arch_name == prof.arch else {}
         attack = None

@@ -43,10 +43,16 @@ class DRMGuard(Defence):
     trigger_cost_run = "trigger-cost"
 
     def trigger_cost(self, model, images, trigger) -> dict:
-        """R, change per pixel and collapse ratio of ``trigger`` on ``images``."""
+        """R, change per pixel and collapse ratio of ``trigger`` on ``images`` (a classifier's
+        collapse on its softmax outputs, as its scan measures it)."""
         from .identify import trigger_statistics
+        from .outputs import ProbabilityView
 
+        if self.task == "classification":
+            model = ProbabilityView(model)
         return trigger_statistics(model, images, trigger)
+
+    supports_classification = True  # on the softmax outputs (Appendix A.9)
 
     def check_inputs(self, model, benign: ArrayDataset, task: Task) -> None:
         check_scan_inputs(model, benign, task)

@@ -32,10 +32,15 @@ def input_attention(model, x: torch.Tensor, output_scale: torch.Tensor | None = 
     """Raw attention B×H×W: Σ_c |∂(Σ_k F_k(x) / s_k)/∂x_c| for a batch of benign images, with
     s = ``output_scale`` (K; None: 1).
 
-    Uses ``torch.autograd.grad`` so the model's parameter gradients are left untouched.
+    Uses ``torch.autograd.grad`` so the model's parameter gradients are left untouched. For a
+    classifier (:class:`~.outputs.ProbabilityView`) the gradient of its predicted class's logit.
     """
     x = x.detach().requires_grad_(True)
+    classifier = getattr(model, "attention_outputs", None)  # a classifier's ProbabilityView
     with torch.enable_grad():
+        if classifier is not None:  # Σ_k p_k is constant: the predicted class's logit instead
+            (grad,) = torch.autograd.grad(classifier(x).sum(), x)
+            return grad.abs().sum(1)
         y = model(x)
         if output_scale is not None:
             y = y / output_scale.to(y.device, y.dtype)

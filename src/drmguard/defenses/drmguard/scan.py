@@ -10,6 +10,8 @@ trigger function itself (``result.reverse(x)``), which mitigation fine-tunes aga
     backdoored (bool), status ("backdoored" | "benign" | "no cheap trigger found"),
     R, tau, collapse_ratio, collapse_threshold, score (higher = more suspicious; see identify),
     target_estimate [K], reversed_output_std [K], benign_output_std [K],
+    target_class                              (classifiers only: argmax of target_estimate,
+                                              the mean softmax vector on reversed inputs)
     rav, rnv, r_floor, mean_abs_change_per_pixel,
     objective {loss, output, l1, rf}          (final terms over all of D_b)
     trajectory [{step, estimate [K]}]         (target estimate during the chosen search)
@@ -40,6 +42,7 @@ from ...tasks import Task
 from ...utils import device_layout, resolve_device
 from .config import DRMGuardConfig, default_config
 from .identify import detection_score, evaluate_trigger, verdict
+from .outputs import view_for
 from .reverse import (BenignImages, ReversedTrigger, choose_state, frozen, precompute_benign,
                       run_search)
 
@@ -109,6 +112,9 @@ class ScanResult:
             "checkpoints": list(self.checkpoints), "chosen_step": self.chosen_step,
             "residual_scale": self.residual_scale, "timings": dict(self.timings),
             "config": dict(self.config),
+            # classifiers only: the class of the target estimate (the mean softmax vector)
+            **({"target_class": m["target_class"]} if m.get("target_class") is not None
+               else {}),
         }
 
     @classmethod
@@ -116,7 +122,7 @@ class ScanResult:
         """A result back from its ``to_dict()`` record (sample images are not part of it)."""
         empty = np.zeros((0, 1, 1, 1), np.uint8)
         metric_keys = ("reversed_output_std", "benign_output_std", "rav", "rnv", "r_floor",
-                       "mean_abs_change_per_pixel", "objective")
+                       "mean_abs_change_per_pixel", "objective", "target_class")
         try:
             return cls(
                 backdoored=bool(d["backdoored"]), status=d["status"], r_score=d["R"],
@@ -259,19 +265,20 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
     t_start = time.perf_counter()
     model_device = next(model.parameters()).device
     model.to(device)
+    net = view_for(model, task)  # a classifier is scanned on its softmax outputs (A.9)
     try:
         with device_layout(model, device) as fmt, frozen(model):
             images = BenignImages(benign.images, device, fmt)
             t0 = time.perf_counter()
-            bench = precompute_benign(model, images, cfg)
+            bench = precompute_benign(net, images, cfg)
             t_bench = time.perf_counter() - t0
             runs = []
             for r in range(cfg.restarts):
                 run_seed = seed + 1000 * r
                 desc = "DRMGuard" + (f" {r + 1}/{cfg.restarts}" if cfg.restarts > 1 else "")
-                search = run_search(model, images, bench, cfg, run_seed, progress, desc)
+                search = run_search(net, images, bench, cfg, run_seed, progress, desc)
                 t0 = time.perf_counter()
-                ev = evaluate_trigger(model, search.trigger, images, bench, cfg)
+                ev = evaluate_trigger(net, search.trigger, images, bench, cfg)
                 search.seconds["evaluate"] = time.perf_counter() - t0
                 runs.append((search, ev))
             best = chosen_restart([ev for _, ev in runs], cfg)
@@ -286,6 +293,8 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
     metrics = {k: ev[k] for k in ("rav", "rnv", "reversed_output_std", "benign_output_std",
                                   "mean_abs_change_per_pixel", "objective")}
     metrics["r_floor"] = search.r_floor
+    if task.is_classification:  # the estimated target class: argmax of the mean softmax
+        metrics["target_class"] = int(np.argmax(ev["target_estimate"]))
     restarts = [{"seed": s.seed, "R": e["R"], "collapse_ratio": e["collapse_ratio"],
                  "objective": e["objective"]["loss"], "pretrain_error": s.pretrain_error,
                  "r_floor": s.r_floor, "chosen_step": s.chosen_step} for s, e in runs]

@@ -173,7 +173,8 @@ def task_from_meta(meta: dict) -> Task | None:
         return None
     try:
         return get_task(t["name"], dim=t.get("dim"),
-                        target_names=t.get("target_names") if t["name"] == "generic" else None)
+                        target_names=t.get("target_names")
+                        if t["name"] in ("generic", "classification") else None)
     except DrmguardError:
         return None
 
