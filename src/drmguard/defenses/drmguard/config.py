@@ -215,16 +215,13 @@ PROFILE_DEFAULTS: dict[str, dict] = {
                   pretrain_steps=5000, ft_epochs=10, **_SEARCH),
 }
 
-# The paper's per-task optimiser settings (batch 100, lr 1e-4 for head pose).
-# Classifiers: the scan reports the cheapest collapsed state of the search on held-out D_b
-# images (the final state of a search that overshot to a large perturbation is not its best);
-# chosen on development digits models, seeds 100-101 (docs/classification.md).
-_CLASSIFIER_SEARCH = dict(select="cheapest_collapse")
+# The paper's per-task optimiser settings (batch 100, lr 1e-4 for head pose). Classifiers keep
+# the paper's τ = 0.03 at the cpu profile: their settings were chosen on development digits
+# models, seeds 100-101, with it (docs/classification.md); the cpu profile's τ = 0.02 comes from
+# the regression tasks' development models.
 PROFILE_TASK_DEFAULTS: dict[tuple[str, str], dict] = {
     ("paper", "headpose"): dict(batch_size=100, lr=0.0001),
-    ("tiny", "classification"): dict(_CLASSIFIER_SEARCH),
-    ("cpu", "classification"): dict(_CLASSIFIER_SEARCH),
-    ("paper", "classification"): dict(_CLASSIFIER_SEARCH),
+    ("cpu", "classification"): dict(tau=0.03),
 }
 
 
