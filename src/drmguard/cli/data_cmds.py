@@ -42,14 +42,7 @@ def synth(task: str = typer.Option("gaze", help="gaze or headpose."),
         raise DrmguardError("--n and --subjects must be positive")
     ensure_new_path(out)
     ds = makers[task](n, size=size, subjects=subjects, seed=seed, progress=not quiet)
-    if split:
-        parts = split_dataset(ds, parse_floats(split, "--split"), by_subject=True, seed=seed)
-        for name, part in (("train", parts.train), ("benign", parts.benign), ("test", parts.test)):
-            target = out / name if fmt == "folder" else out / f"{name}.npz"
-            _write(part, target, fmt, quiet)
-            typer.echo(f"wrote {len(part)} images to {target}")
-    else:
-        typer.echo(f"wrote {len(ds)} images to {_write(ds, out, fmt, quiet)}")
+    _write_all_or_split(ds, out, fmt, split, by_subject=True, seed=seed, quiet=quiet)
 
 
 @data_app.command("digits")
@@ -70,14 +63,20 @@ def digits(size: int = typer.Option(16, help="Image side (8 is the native size; 
         raise DrmguardError("--size must be positive")
     ensure_new_path(out)
     ds = load_digits(size=size, channels=channels)
-    if split:
-        parts = split_dataset(ds, parse_floats(split, "--split"), by_subject=False, seed=seed)
-        for name, part in (("train", parts.train), ("benign", parts.benign), ("test", parts.test)):
-            target = out / name if fmt == "folder" else out / f"{name}.npz"
-            _write(part, target, fmt, quiet)
-            typer.echo(f"wrote {len(part)} images to {target}")
-    else:
+    _write_all_or_split(ds, out, fmt, split, by_subject=False, seed=seed, quiet=quiet)
+
+
+def _write_all_or_split(ds, out: Path, fmt: str, split: str, by_subject: bool, seed: int,
+                        quiet: bool) -> None:
+    """Write ``ds`` to OUT, or with ``split`` its train/benign/test parts to OUT/<part>."""
+    if not split:
         typer.echo(f"wrote {len(ds)} images to {_write(ds, out, fmt, quiet)}")
+        return
+    parts = split_dataset(ds, parse_floats(split, "--split"), by_subject=by_subject, seed=seed)
+    for name, part in (("train", parts.train), ("benign", parts.benign), ("test", parts.test)):
+        target = out / name if fmt == "folder" else out / f"{name}.npz"
+        _write(part, target, fmt, quiet)
+        typer.echo(f"wrote {len(part)} images to {target}")
 
 
 @data_app.command("split")

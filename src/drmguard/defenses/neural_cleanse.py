@@ -239,6 +239,16 @@ def mad_anomaly(norms: np.ndarray) -> tuple[float, float, float]:
     return abs(low - med) / mad, med, mad
 
 
+def _outliers(results, threshold: float):
+    """(mask norms, anomaly index, median, MAD, index of the smallest norm, the candidates whose
+    norm lies more than ``threshold`` MADs below the median) over reverse-engineered masks."""
+    norms = np.array([r.mask_l1 for r in results])
+    index, med, mad = mad_anomaly(norms)
+    flagged = [i for i, v in enumerate(norms)
+               if v < med and (mad == 0 or abs(v - med) / mad > threshold)]
+    return norms, index, med, mad, int(norms.argmin()), flagged
+
+
 def candidate_grid(benign: ArrayDataset, cfg: NeuralCleanseConfig) -> np.ndarray:
     """Candidate target vectors: ``cfg.candidates`` when given, else a regular grid over the
     benign label percentiles (G^K × K)."""
@@ -321,11 +331,7 @@ class NeuralCleanseR(Defence):
                                             epochs=cfg.grid_epochs, seed=seed + i, progress=False))
             bar.update(1)
         bar.close()
-        norms = np.array([r.mask_l1 for r in results])
-        index, med, mad = mad_anomaly(norms)
-        best = int(norms.argmin())
-        flagged = [i for i, v in enumerate(norms)
-                   if v < med and (mad == 0 or abs(v - med) / mad > cfg.anomaly_threshold)]
+        norms, index, med, mad, best, flagged = _outliers(results, cfg.anomaly_threshold)
         details = {**common, "candidates": cands.tolist(), "mask_l1": norms.tolist(),
                    "found": [r.found for r in results], "median": med, "mad": mad,
                    "anomaly_index": index, "flagged": flagged,
@@ -349,11 +355,7 @@ class NeuralCleanseR(Defence):
                                             progress=False, desc=f"NC class {k}"))
             bar.update(1)
         bar.close()
-        norms = np.array([r.mask_l1 for r in results])
-        index, med, mad = mad_anomaly(norms)
-        best = int(norms.argmin())
-        flagged = [i for i, v in enumerate(norms)
-                   if v < med and (mad == 0 or abs(v - med) / mad > cfg.anomaly_threshold)]
+        norms, index, med, mad, best, flagged = _outliers(results, cfg.anomaly_threshold)
         details = {"variant": cfg.variant, "n_samples": len(data),
                    "config": self.config_dict(cfg), "classes": list(task.target_names),
                    "mask_l1": norms.tolist(), "found": [r.found for r in results],
