@@ -208,6 +208,21 @@ def test_warp_branch_starts_at_the_identity_and_expresses_a_wanet_warp(kind):
     assert gen.flow.grad is not None and gen.flow.grad.abs().sum() > 0
 
 
+def test_mtr_keeps_the_warped_image_only_when_asked():
+    gen = TriggerGenerator("residual", 3, (16, 16), width=4, warp_grid=4).train()
+    with torch.no_grad():
+        gen.flow.fill_(0.8)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(reverse.kept(gen, x, DRMGuardConfig(warp_grid=4)), x)
+    through = reverse.kept(gen, x, DRMGuardConfig(warp_grid=4, warp_through_mtr=True))
+    assert torch.equal(through, gen.warped(x)) and not torch.equal(through, x)
+    # a mask that keeps everything leaves the warp alone when it passes through the MTR
+    assert torch.equal(mtr.blend(torch.ones(1, 1, 16, 16), through, gen(x)), through)
+    res = scan(tiny_model(), tiny_data(), get_task("gaze"),
+               tiny_cfg(warp_grid=4, warp_through_mtr=True), seed=0, progress=False)
+    assert res.status in ("backdoored", "benign", "no cheap trigger found")
+
+
 def test_warp_branch_options_are_checked():
     with pytest.raises(DrmguardError, match="warp_grid"):
         TriggerGenerator("ia", 3, (16, 16), width=4, warp_grid=4)

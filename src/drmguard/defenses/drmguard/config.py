@@ -42,6 +42,7 @@ class DRMGuardConfig:
     gen_norm: str = "batch"
     static_pattern: bool = False
     warp_grid: int = 0  # k > 0: a learned k×k warp field before δ (0: no warp branch) [ours]
+    warp_through_mtr: bool = False  # the MTR keeps W(x), not x, in the attended region [ours]
     pretrain_steps: int = 5000  # identity pre-training, ``ia`` only [paper: 5,000]
     pretrain_lr: float = 1e-3
 
