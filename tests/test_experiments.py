@@ -314,3 +314,17 @@ def test_key_column_tells_a_key_from_damage(tmp_path):
     # the error bar alone also decides: outputs as spread as before but far from the truth
     assert not is_key({"variance_ratio": 1.0, "error_ratio": 1.6})
     assert is_key({"variance_ratio": 0.8, "error_ratio": 1.5})
+
+
+def test_model_keys_ignore_the_profile_entries_of_other_tasks():
+    from dataclasses import replace
+
+    from drmguard.profiles import get_profile
+    from drmguard.training import TrainConfig
+
+    prof = get_profile("cpu")
+    more = replace(prof, image_size={**prof.image_size, "new_task": 8},
+                   train={**prof.train, "new_task": TrainConfig(epochs=1)})
+    assert more.for_task("gaze") == prof.for_task("gaze")
+    assert more.for_task("new_task") != prof.for_task("new_task")
+    assert replace(prof, n_samples=10).for_task("gaze") != prof.for_task("gaze")

@@ -31,6 +31,13 @@ class Profile:
     def train_config(self, task: str, seed: int = 0) -> TrainConfig:
         return replace(self.train.get(task, self.train["generic"]), seed=seed)
 
+    def for_task(self, task: str) -> dict:
+        """What of the profile a model of ``task`` depends on (its cache key): the entries of
+        other tasks are left out, so adding a task retrains nothing."""
+        return {"name": self.name, "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs),
+                "image_size": self.size_for(task), "n_samples": self.n_samples,
+                "subjects": self.subjects, "train": self.train_config(task).to_dict()}
+
 
 PROFILES: Registry = Registry("profile")
 for _p in (

@@ -35,7 +35,7 @@ from ..training import train_regressor
 from ..utils import code_digest, default_cache_dir
 from .data import experiment_task, synthetic_splits
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key holds only the spec's task's part of the profile
 DEFAULT_CACHE = default_cache_dir()  # at import; Zoo(None) reads the environment when built
 
 
@@ -73,7 +73,7 @@ class ModelSpec:
         change of any default retrains instead of reusing a stale model."""
         from ..data.synthetic import SYNTHETIC_VERSION
 
-        resolved = {"profile": asdict(get_profile(self.profile)),
+        resolved = {"profile": get_profile(self.profile).for_task(self.task),
                     "synthetic": SYNTHETIC_VERSION}
         if self.attack is not None:  # the rule that draws the target (draw_target)
             resolved["target_min_sd"] = TARGET_MIN_SD
