@@ -213,8 +213,9 @@ def test_mtr_keeps_the_warped_image_only_when_asked():
     with torch.no_grad():
         gen.flow.fill_(0.8)
     x = torch.rand(2, 3, 16, 16)
-    assert torch.equal(reverse.kept(gen, x, DRMGuardConfig(warp_grid=4)), x)
-    through = reverse.kept(gen, x, DRMGuardConfig(warp_grid=4, warp_through_mtr=True))
+    base, _ = gen.with_warped(x)
+    assert torch.equal(reverse.kept(x, base, DRMGuardConfig(warp_grid=4)), x)
+    through = reverse.kept(x, base, DRMGuardConfig(warp_grid=4, warp_through_mtr=True))
     assert torch.equal(through, gen.warped(x)) and not torch.equal(through, x)
     # a mask that keeps everything leaves the warp alone when it passes through the MTR
     assert torch.equal(mtr.blend(torch.ones(1, 1, 16, 16), through, gen(x)), through)

@@ -98,16 +98,12 @@ class Task:
         """Per-sample absolute error per component (B, K), in target units (degrees for gaze;
         for classification between the softmax probabilities and the one-hot target)."""
         if self.is_classification:
-            return (torch.softmax(pred, -1) - target).abs()
+            return (self.output_transform(pred) - target).abs()
         d = (pred - target).abs()
         return torch.rad2deg(d) if self.name == "gaze" else d
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dim": self.dim, "target_names": list(self.target_names)}
-
-    def classes(self, y: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Class indices (N,) of one-hot targets, probabilities or logits (N×K)."""
-        return np.asarray(torch.as_tensor(y).reshape(-1, self.dim).argmax(-1))
 
 
 GAZE = Task("gaze", 2, ("yaw", "pitch"), "rad", "deg")

@@ -33,9 +33,9 @@ import torch
 from ..attacks import ATTACKS, attack_class
 from ..metrics import IMPLANT_FRACTION
 from ..profiles import get_profile
-from ..tasks import get_task
 from ..training import mean_predictor_error
 from ..utils import progress_bar
+from .data import experiment_task
 from .identification import attack_record, implant_status, model_specs
 from .results import md_table, provenance, write_results
 from .zoo import ModelSpec, Zoo
@@ -90,7 +90,7 @@ def key_record(zoo: Zoo, spec: ModelSpec, attack, benign: ModelSpec) -> dict:
     def compute():
         model = zoo.model(benign)[0]
         x, y = zoo.splits(benign).test.tensors()
-        return trigger_on_model(model, attack, x, y, get_task(benign.task))
+        return trigger_on_model(model, attack, x, y, experiment_task(benign.task))
     return zoo.cached_run(spec, "attack", "key", {"benign": benign.key()}, compute)
 
 
@@ -193,7 +193,7 @@ def run(task: str, profile: str = "cpu", attacks: list[str] | None = None,
     :class:`~.executor.Executor` computes the zoo and its runs in parallel first."""
     _check(n_seeds, n_benign)
     names = _names(attacks)
-    t = get_task(task)
+    t = experiment_task(task)
     zoo = Zoo(cache_dir, progress, rescan)
     if executor is not None:
         executor.run(zoo, attacks_work(task, profile, names, n_seeds, n_benign, first_seed))

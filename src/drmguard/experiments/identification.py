@@ -41,18 +41,25 @@ def trigger_record(zoo: Zoo, spec: ModelSpec, model, attack,
     DRMGuard: R, change per pixel and collapse ratio) sees in the attack's *own* trigger on the
     zoo's D_b (cached; empty for a benign model, or when no such defence is requested): what
     its rule would see had its search found exactly the real trigger."""
+    det = trigger_cost_detector(defenses, spec.profile, spec.task)
+    if attack is None or det is None:
+        return {}
+
+    def compute():
+        return det.trigger_cost(model, zoo.splits(spec).benign.tensors()[0], attack.apply)
+    return zoo.cached_run(spec, "attack", det.trigger_cost_run, {}, compute)
+
+
+def trigger_cost_detector(defenses, profile: str, task: str):
+    """The first of ``defenses`` that measures given triggers (``trigger_cost_run``), or None."""
     from ..defenses.base import DETECTORS
 
-    if attack is None:
-        return {}
     for name in defenses:
-        det = get_detector(name, spec.profile, spec.task) if name in DETECTORS else None
-        if det is not None and det.trigger_cost_run is not None:
-            def compute(det=det):
-                return det.trigger_cost(model, zoo.splits(spec).benign.tensors()[0],
-                                        attack.apply)
-            return zoo.cached_run(spec, "attack", det.trigger_cost_run, {}, compute)
-    return {}
+        if name in DETECTORS:
+            det = get_detector(name, profile, task)
+            if det.trigger_cost_run is not None:
+                return det
+    return None
 
 
 def saved_detection(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dict,
@@ -207,15 +214,13 @@ def identification_work(task: str, attacks: list[str], n_benign: int,
     (when a requested defence measures it) and the detections."""
     from functools import partial
 
-    from ..defenses.base import DETECTORS
     from .executor import Run, Work
 
     defenses = list(defenses or ["drmguard"])
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options,
                         first_seed)
-    cost_run = next((get_detector(d, profile, task).trigger_cost_run for d in defenses
-                     if d in DETECTORS and get_detector(d, profile, task).trigger_cost_run),
-                    None)
+    cost_det = trigger_cost_detector(defenses, profile, task)
+    cost_run = cost_det.trigger_cost_run if cost_det else None
     runs = []
     for spec in specs:
         runs.append(Run(spec, attack_record, "attack", "metrics", gpu=False))

@@ -41,18 +41,15 @@ class DRMGuard(Defence):
     task_defaults = TASK_DEFAULTS
     profile_task_defaults = PROFILE_TASK_DEFAULTS
     trigger_cost_run = "trigger-cost"
+    supports_classification = True  # on the softmax outputs (Appendix A.9)
 
     def trigger_cost(self, model, images, trigger) -> dict:
         """R, change per pixel and collapse ratio of ``trigger`` on ``images`` (a classifier's
         collapse on its softmax outputs, as its scan measures it)."""
         from .identify import trigger_statistics
-        from .outputs import ProbabilityView
+        from .outputs import view_for
 
-        if self.task == "classification":
-            model = ProbabilityView(model)
-        return trigger_statistics(model, images, trigger)
-
-    supports_classification = True  # on the softmax outputs (Appendix A.9)
+        return trigger_statistics(view_for(model, self.task), images, trigger)
 
     def check_inputs(self, model, benign: ArrayDataset, task: Task) -> None:
         check_scan_inputs(model, benign, task)

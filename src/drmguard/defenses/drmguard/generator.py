@@ -147,6 +147,11 @@ class TriggerGenerator(nn.Module):
         return self.kind != "ia"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.with_warped(x)[1]
+
+    def with_warped(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W(x), G(x)): the warp branch's image (x without one) and the generator's output,
+        the warp computed once."""
         if x.shape[1:] != (self.channels, *self.size):
             raise DrmguardError(f"generator built for {self.channels}×{self.size[0]}×"
                                 f"{self.size[1]} images, got {tuple(x.shape[1:])}")
@@ -154,8 +159,9 @@ class TriggerGenerator(nn.Module):
         if self.pattern is not None:
             z = z + self.pattern
         if self.kind == "ia":
-            return torch.tanh(z) / _TANH_SCALE + 0.5
-        return (self.warped(x) + torch.tanh(z)).clamp(0.0, 1.0)
+            return x, torch.tanh(z) / _TANH_SCALE + 0.5
+        base = self.warped(x)
+        return base, (base + torch.tanh(z)).clamp(0.0, 1.0)
 
     def warped(self, x: torch.Tensor) -> torch.Tensor:
         """x moved by the warp branch (x itself without one): x + W_φ(x) − W_0(x)."""

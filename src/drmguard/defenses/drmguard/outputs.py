@@ -27,8 +27,12 @@ class ProbabilityView(nn.Module):
     probabilities; ``head``, sizes and channels are the classifier's."""
 
     def __init__(self, model):
+        from ...tasks import get_task
+
         super().__init__()
         self.model = model
+        # the classification task's output transform (softmax): one definition for both
+        self.probabilities = get_task("classification", dim=model.num_outputs).output_transform
 
     @property
     def head(self) -> nn.Linear:
@@ -54,11 +58,11 @@ class ProbabilityView(nn.Module):
         return self.model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=-1)
+        return self.probabilities(self.model(x))
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, y = self.model.forward_with_features(x)
-        return h, torch.softmax(y, dim=-1)
+        return h, self.probabilities(y)
 
     def attention_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The logit of each image's predicted class (B,): what the MTR attention
@@ -68,7 +72,10 @@ class ProbabilityView(nn.Module):
 
 
 def view_for(model, task):
-    """The model DRMGuard scans: a :class:`ProbabilityView` of a classifier, else ``model``."""
-    if getattr(task, "is_classification", False) and not isinstance(model, ProbabilityView):
+    """The model DRMGuard scans: a :class:`ProbabilityView` of a classifier, else ``model``.
+    ``task``: a :class:`~drmguard.tasks.Task` or a task name."""
+    classifier = (task == "classification" if isinstance(task, str)
+                  else getattr(task, "is_classification", False))
+    if classifier and not isinstance(model, ProbabilityView):
         return ProbabilityView(model)
     return model

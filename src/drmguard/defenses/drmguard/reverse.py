@@ -167,9 +167,8 @@ class ReversedTrigger:
         """(G(x), x̃) for a batch already on the generator's device."""
         w = self.weight_for(x)
         with torch.no_grad():
-            gx = self.generator(x)
-            xt = gx if w is None else mtr_mod.blend(w.to(x.device), kept(self.generator, x,
-                                                                         self.cfg), gx)
+            base, gx = self.generator.with_warped(x)
+            xt = gx if w is None else mtr_mod.blend(w.to(x.device), kept(x, base, self.cfg), gx)
         return gx, xt
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,8 +233,8 @@ class Checkpoints:
         from .identify import collapse_ratio, r_score  # (identify imports this module)
 
         cfg, x = self.cfg, self.x
-        gx = gen(x)
-        xt = gx if mtr_weight is None else mtr_mod.blend(mtr_weight, kept(gen, x, cfg), gx)
+        base, gx = gen.with_warped(x)
+        xt = gx if mtr_weight is None else mtr_mod.blend(mtr_weight, kept(x, base, cfg), gx)
         h, y = self.model.forward_with_features(xt)
         y = y.float()
         _, terms = objective(y, h.float(), self.theta, x, gx, xt, self.weight, cfg,
@@ -302,18 +301,18 @@ def precompute_benign(model, images: BenignImages, cfg) -> dict:
             "attention": torch.cat(atts) if atts else None}
 
 
-def kept(gen: TriggerGenerator, x: torch.Tensor, cfg) -> torch.Tensor:
+def kept(x: torch.Tensor, warped: torch.Tensor, cfg) -> torch.Tensor:
     """What the MTR mask keeps in the attended region: x, or with ``warp_through_mtr`` the
-    warp branch's W(x) — the mask then shields that region from δ's per-pixel change but not
-    from the warp [ours]."""
-    return gen.warped(x) if cfg.warp_through_mtr else x
+    warp branch's W(x) (``warped``) — the mask then shields that region from δ's per-pixel
+    change but not from the warp [ours]."""
+    return warped if cfg.warp_through_mtr else x
 
 
 def search_step(model, gen, opt, momentum, x, attention, theta_ref, benign_var, weight, cfg,
                 l1_weight: float | None = None):
     """One Adam step of reverse engineering on a batch; returns (outputs F(x̃), terms)."""
-    gx = gen(x)
-    xt = mtr_mod.blend(momentum.update(attention), kept(gen, x, cfg), gx) if cfg.mtr else gx
+    base, gx = gen.with_warped(x)
+    xt = mtr_mod.blend(momentum.update(attention), kept(x, base, cfg), gx) if cfg.mtr else gx
     h, y = model.forward_with_features(xt)
     loss, terms = objective(y.float(), h.float(), theta_ref, x, gx, xt, weight, cfg, benign_var,
                             l1_weight)
