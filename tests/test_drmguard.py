@@ -220,7 +220,7 @@ def test_mtr_keeps_the_warped_image_only_when_asked():
     # a mask that keeps everything leaves the warp alone when it passes through the MTR
     assert torch.equal(mtr.blend(torch.ones(1, 1, 16, 16), through, gen(x)), through)
     res = scan(tiny_model(), tiny_data(), get_task("gaze"),
-               tiny_cfg(warp_grid=4, warp_through_mtr=True), seed=0, progress=False)
+               tiny_cfg(warp_search=0, warp_grid=4, warp_through_mtr=True), seed=0, progress=False)
     assert res.status in ("backdoored", "benign", "no cheap trigger found")
 
 
@@ -233,11 +233,49 @@ def test_warp_branch_options_are_checked():
         DRMGuardConfig(generator="ia", warp_grid=4)
     with pytest.raises(DrmguardError, match="warp_grid"):
         DRMGuardConfig(warp_grid=1)
+    for bad in (dict(warp_search=1), dict(warp_search=4, warp_grid=4),
+                dict(warp_search=4, generator="ia")):
+        with pytest.raises(DrmguardError, match="warp_search"):
+            DRMGuardConfig(**bad)
+
+
+def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_path,
+                                                                           monkeypatch):
+    """The default scan runs the plain search and the warp search (warp through the MTR) with
+    the same seed, each exactly as it runs alone; the scan reports one of them by ``select``,
+    and a trigger file from the warp search reloads with its warp field."""
+    import importlib
+
+    scan_mod = importlib.import_module("drmguard.defenses.drmguard.scan")
+
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    cfg = tiny_cfg()
+    assert cfg.warp_search == 4  # the default of every regression profile
+    res = scan(model, data, task, cfg, seed=0, progress=False)
+    assert [(r["seed"], r["warp_grid"]) for r in res.restarts] == [(0, 0), (0, 4)]
+    plain = scan(model, data, task, tiny_cfg(warp_search=0), seed=0, progress=False)
+    warped = scan(model, data, task, tiny_cfg(warp_search=0, warp_grid=4, warp_through_mtr=True),
+                  seed=0, progress=False)
+    assert res.restarts[0]["R"] == plain.r_score and res.restarts[1]["R"] == warped.r_score
+    assert res.restarts[0]["collapse_ratio"] == plain.collapse_ratio
+    assert res.chosen_restart == scan_mod.chosen_restart(
+        [{"R": r["R"], "collapse_ratio": r["collapse_ratio"], "objective": {"loss": r["objective"]}}
+         for r in res.restarts], cfg)
+    assert res.r_score == res.restarts[res.chosen_restart]["R"]
+    # a scan that reports the warp search: its trigger file holds the field and reloads
+    monkeypatch.setattr(scan_mod, "chosen_restart", lambda evs, c: len(evs) - 1)
+    res = scan(model, data, task, cfg, seed=0, progress=False)
+    assert res.chosen_restart == 1 and res.r_score == warped.r_score
+    back = ScanResult.load(res.save(tmp_path / "w.safetensors"))
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.equal(back.reverse(x), res.reverse(x))
+    assert hasattr(back.trigger.generator, "flow") and back.trigger.cfg.warp_through_mtr
+    assert default_config("cpu", "classification").warp_search == 0  # calibrated without it
 
 
 def test_scan_with_a_warp_branch_saves_and_reloads_its_field(tmp_path):
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
-    res = scan(model, data, task, tiny_cfg(warp_grid=4, select="final"), seed=0,
+    res = scan(model, data, task, tiny_cfg(warp_search=0, warp_grid=4, select="final"), seed=0,
                progress=False)
     back = ScanResult.load(res.save(tmp_path / "w.safetensors"))
     x = torch.rand(3, 3, 16, 16)

@@ -229,7 +229,10 @@ def test_ablation_variants_offer_the_paper_state_and_the_warp_branch():
     got = {name: ov for name, ov, _ in variants("gaze", "tiny", ["select", "generator"])}
     assert got["report the final state"] == {"select": "final"}  # the default is cheapest_collapse
     assert "report the cheapest collapse state" not in got
-    assert got["warp branch (warp_grid = 4)"] == {"warp_grid": 4}
+    # the default runs a plain and a warp search; the ablation takes them apart
+    assert got["plain search only (no warp search)"] == {"warp_search": 0}
+    assert got["warp search only (warp_grid = 4 through the MTR)"] == {
+        "warp_search": 0, "warp_grid": 4, "warp_through_mtr": True}
 
 
 def test_attack_table_tiny(tmp_path):

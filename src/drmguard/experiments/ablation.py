@@ -46,8 +46,13 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
                 for g in ("residual", "unet", "ia") if g != base.generator]
         out.append((f"static pattern = {not base.static_pattern}",
                     {"static_pattern": not base.static_pattern}, None))
-        out.append(("warp branch off" if base.warp_grid else "warp branch (warp_grid = 4)",
-                    {"warp_grid": 0 if base.warp_grid else 4}, None))
+        k = base.warp_search or 4
+        if base.warp_search:  # the two searches apart
+            out.append(("plain search only (no warp search)", {"warp_search": 0}, None))
+        out.append((f"warp search only (warp_grid = {k} through the MTR)",
+                    {"warp_search": 0, "warp_grid": k, "warp_through_mtr": True}, None))
+        if not base.warp_search:
+            out.append((f"plain + warp search (warp_search = {k})", {"warp_search": k}, None))
     if "mtr_norm" in which:
         other = "max" if base.mtr_norm == "percentile" else "percentile"
         out.append((f"MTR normalisation = {other}", {"mtr_norm": other}, None))

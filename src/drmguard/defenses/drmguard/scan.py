@@ -15,7 +15,9 @@ trigger function itself (``result.reverse(x)``), which mitigation fine-tunes aga
     rav, rnv, r_floor, mean_abs_change_per_pixel,
     objective {loss, output, l1, rf}          (final terms over all of D_b)
     trajectory [{step, estimate [K]}]         (target estimate during the chosen search)
-    restarts [{seed, R, collapse_ratio, objective, pretrain_error, r_floor, chosen_step}]
+    restarts [{seed, warp_grid, R, collapse_ratio, objective, pretrain_error, r_floor,
+               chosen_step}]                  (every search: config.restarts plain ones, then
+                                              the warp search if config.warp_search)
     chosen_restart, residual_scale, timings {seconds...}, config {DRMGuardConfig}
     checkpoints [{step, R, collapse_ratio, objective, output, l1, rf, estimate [K]}]
                                               (the chosen search's states on the held-out part
@@ -175,9 +177,10 @@ class ScanResult:
                                 f"{meta.get('format')!r}, expected {TRIGGER_FORMAT!r})")
         try:
             record = json.loads(meta["scan"])
-            cfg = DRMGuardConfig(**record["config"])
+            # the trigger is the chosen search's (plain or warp; config.searches())
+            cfg = DRMGuardConfig(**record["config"]).searches()[record.get("chosen_restart", 0)][1]
             channels, size = int(meta["channels"]), tuple(json.loads(meta["size"]))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, IndexError) as e:
             raise DrmguardError(f"{path}: damaged trigger metadata ({e})") from None
         if cfg.mtr and cfg.mtr_map == "per_image" and model is None:
             raise DrmguardError(f"{path} was scanned with per-image MTR maps; pass the model")
@@ -272,13 +275,13 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
             t0 = time.perf_counter()
             bench = precompute_benign(net, images, cfg)
             t_bench = time.perf_counter() - t0
-            runs = []
-            for r in range(cfg.restarts):
-                run_seed = seed + 1000 * r
-                desc = "DRMGuard" + (f" {r + 1}/{cfg.restarts}" if cfg.restarts > 1 else "")
-                search = run_search(net, images, bench, cfg, run_seed, progress, desc)
+            runs, plan = [], cfg.searches()
+            for r, (offset, run_cfg) in enumerate(plan):
+                desc = "DRMGuard" + (" warp" if run_cfg.warp_grid else "")
+                desc += f" {r + 1}/{len(plan)}" if len(plan) > 1 else ""
+                search = run_search(net, images, bench, run_cfg, seed + offset, progress, desc)
                 t0 = time.perf_counter()
-                ev = evaluate_trigger(net, search.trigger, images, bench, cfg)
+                ev = evaluate_trigger(net, search.trigger, images, bench, run_cfg)
                 search.seconds["evaluate"] = time.perf_counter() - t0
                 runs.append((search, ev))
             best = chosen_restart([ev for _, ev in runs], cfg)
@@ -295,7 +298,8 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
     metrics["r_floor"] = search.r_floor
     if task.is_classification:  # the estimated target class: argmax of the mean softmax
         metrics["target_class"] = int(np.argmax(ev["target_estimate"]))
-    restarts = [{"seed": s.seed, "R": e["R"], "collapse_ratio": e["collapse_ratio"],
+    restarts = [{"seed": s.seed, "warp_grid": s.trigger.cfg.warp_grid,
+                 "R": e["R"], "collapse_ratio": e["collapse_ratio"],
                  "objective": e["objective"]["loss"], "pretrain_error": s.pretrain_error,
                  "r_floor": s.r_floor, "chosen_step": s.chosen_step} for s, e in runs]
     mtr_map = search.trigger.weight
