@@ -331,3 +331,14 @@ def test_model_keys_ignore_the_profile_entries_of_other_tasks():
     assert more.for_task("gaze") == prof.for_task("gaze")
     assert more.for_task("new_task") != prof.for_task("new_task")
     assert replace(prof, n_samples=10).for_task("gaze") != prof.for_task("gaze")
+
+
+def test_identification_rows_name_the_search_a_scan_reported():
+    from drmguard.experiments.identification import reported_search
+
+    two = {"restarts": [{"warp_grid": 0}, {"warp_grid": 4}]}
+    assert reported_search({**two, "chosen_restart": 1}) == "warp"
+    assert reported_search({**two, "chosen_restart": 0}) == "plain"
+    three = {"restarts": [{"warp_grid": 0}, {"warp_grid": 0}, {"warp_grid": 4}]}
+    assert reported_search({**three, "chosen_restart": 1}) == "plain 2"
+    assert reported_search({"score": 1.0}) is None  # a baseline's details

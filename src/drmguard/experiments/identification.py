@@ -314,6 +314,18 @@ def format_counts(n) -> str:
     return ", ".join(f"{v} ({k})" for k, v in n.items()) if isinstance(n, dict) else str(n)
 
 
+def reported_search(details: dict) -> str | None:
+    """Which of a DRMGuard scan's searches it reports: ``plain``, ``warp`` (the warp search
+    of ``warp_search``), with its index when there are several plain ones; None for other
+    defences."""
+    runs, i = details.get("restarts"), details.get("chosen_restart")
+    if not runs or i is None:
+        return None
+    kind = "warp" if runs[i].get("warp_grid") else "plain"
+    plain = sum(1 for r in runs if not r.get("warp_grid"))
+    return kind if kind == "warp" or plain == 1 else f"plain {i + 1}"
+
+
 def to_markdown(rec: dict) -> str:
     from ..metrics import IMPLANT_FRACTION
 
@@ -330,21 +342,24 @@ def to_markdown(rec: dict) -> str:
             for s in rec["summary"]]
     table = md_table(["defence", "attack", "TP", "FP", "FN", "TN", "accuracy", "ROC-AUC",
                       "estimate error (mean)", "not implanted (left out)"], rows)
-    mrows = [[r["model"], r["defense"], r["score"], r["flagged"], r["RE"], r["AE"], r["DAE"],
-              r.get("CTE"), r.get("implanted"), r.get("real_trigger_R"),
+    mrows = [[r["model"], r["defense"], r["score"], r["flagged"], r["details"].get("R"),
+              r["details"].get("collapse_ratio"), reported_search(r["details"]), r["RE"],
+              r["AE"], r["DAE"], r.get("CTE"), r.get("implanted"), r.get("real_trigger_R"),
               r.get("real_trigger_collapse"), r["target_estimate"], r["real_target"],
               r.get("target_error"), r["seconds"]]
              for r in rec["models"]]
-    models = md_table(["model", "defence", "score", "flagged", "RE", "AE", "DAE", "CTE",
-                       "implanted", "real R", "real collapse", "target estimate", "real target",
-                       "estimate error", "seconds"], mrows)
+    models = md_table(["model", "defence", "score", "flagged", "R", "collapse", "search", "RE",
+                       "AE", "DAE", "CTE", "implanted", "real R", "real collapse",
+                       "target estimate", "real target", "estimate error", "seconds"], mrows)
     note = ("\n\n*real R*, *real collapse*: R and collapse ratio of the attack's own trigger on "
             "D_b — what DRMGuard's rule (R < τ and collapse below its threshold) would see had "
             "the search found exactly that trigger. *implanted*: AE < "
             f"{IMPLANT_FRACTION:g} · CTE (CTE: the "
             "clean outputs' error to the target; `drmguard.metrics.implanted`); a backdoored "
             "model whose attack did not implant is no positive and is left out of the counts "
-            "above; – : recorded before CTE was measured (`--rescan` measures it).\n")
+            "above; – : recorded before CTE was measured (`--rescan` measures it). *R*, "
+            "*collapse*: the scan's reported state; *search*: which of DRMGuard's searches "
+            "reported it (plain, or the warp search of `warp_search`).\n")
     return head + table + "\n\n## Per model\n\n" + models + note
 
 
