@@ -237,13 +237,40 @@ def test_warp_branch_options_are_checked():
                 dict(warp_search=4, generator="ia")):
         with pytest.raises(DrmguardError, match="warp_search"):
             DRMGuardConfig(**bad)
+    with pytest.raises(DrmguardError, match="warp_only"):
+        DRMGuardConfig(warp_only=True)
+    with pytest.raises(DrmguardError, match="warp_init"):
+        DRMGuardConfig(warp_grid=4, warp_init=-0.1)
+    with pytest.raises(DrmguardError, match="warp branch"):
+        TriggerGenerator("residual", 3, (16, 16), width=4, warp_only=True)
+
+
+def test_warp_only_generator_is_a_pure_warp_from_a_seeded_random_start():
+    from drmguard.utils import seed_everything
+
+    seed_everything(5)
+    gen = TriggerGenerator("residual", 3, (16, 16), width=4, static_pattern=True, warp_grid=4,
+                           warp_only=True, warp_init=0.5).train()
+    seed_everything(5)
+    same = TriggerGenerator("residual", 3, (16, 16), width=4, warp_grid=4, warp_only=True,
+                            warp_init=0.5)
+    assert [k for k, _ in gen.named_parameters()] == ["flow"]  # no δ, no P
+    assert torch.equal(gen.flow, same.flow) and 0.3 < float(gen.flow.detach().std()) < 0.7
+    assert not gen.exact_identity_at_init
+    x = torch.rand(2, 3, 16, 16)
+    base, out = gen.with_warped(x)
+    assert torch.equal(out, base.clamp(0, 1)) and torch.equal(base, gen.warped(x))
+    assert (out - x).abs().mean() > 0.01  # the random start moves pixels
+    with torch.no_grad():
+        gen.flow.zero_()
+    assert torch.allclose(gen(x), x, atol=1e-6)  # a zero field: the identity
 
 
 def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_path,
                                                                            monkeypatch):
-    """The default scan runs the plain search and the warp search (warp through the MTR) with
-    the same seed, each exactly as it runs alone; the scan reports one of them by ``select``,
-    and a trigger file from the warp search reloads with its warp field."""
+    """The default scan runs the plain search and the warp search (a warp field alone, from a
+    random start) with the same seed, each exactly as it runs alone; the scan reports one of
+    them by ``select``, and a trigger file from the warp search reloads with its warp field."""
     import importlib
 
     scan_mod = importlib.import_module("drmguard.defenses.drmguard.scan")
@@ -254,7 +281,8 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
     res = scan(model, data, task, cfg, seed=0, progress=False)
     assert [(r["seed"], r["warp_grid"]) for r in res.restarts] == [(0, 0), (0, 4)]
     plain = scan(model, data, task, tiny_cfg(warp_search=0), seed=0, progress=False)
-    warped = scan(model, data, task, tiny_cfg(warp_search=0, warp_grid=4, warp_through_mtr=True),
+    warped = scan(model, data, task, tiny_cfg(warp_search=0, warp_grid=4, warp_only=True,
+                                              warp_through_mtr=True, static_pattern=False),
                   seed=0, progress=False)
     assert res.restarts[0]["R"] == plain.r_score and res.restarts[1]["R"] == warped.r_score
     assert res.restarts[0]["collapse_ratio"] == plain.collapse_ratio
@@ -269,7 +297,8 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
     back = ScanResult.load(res.save(tmp_path / "w.safetensors"))
     x = torch.rand(3, 3, 16, 16)
     assert torch.equal(back.reverse(x), res.reverse(x))
-    assert hasattr(back.trigger.generator, "flow") and back.trigger.cfg.warp_through_mtr
+    assert back.trigger.cfg.warp_only and back.trigger.cfg.warp_through_mtr
+    assert [k for k, _ in back.trigger.generator.named_parameters()] == ["flow"]
     assert default_config("cpu", "classification").warp_search == 0  # calibrated without it
 
 
@@ -546,3 +575,31 @@ def test_final_selection_keeps_no_checkpoints_and_bad_selection_options():
     with pytest.raises(DrmguardError, match="at least 4"):
         scan(tiny_model(0), tiny_data(3), get_task("gaze"), tiny_cfg(select="lowest_objective"),
              progress=False)
+
+
+def test_search_confirms_its_cheapest_collapse_on_all_of_the_benign_set():
+    """With cheapest_collapse the collapsed checkpoints (held-out) are tried cheapest first
+    until the evaluation on all of D_b confirms one (at most CONFIRM_TRIES); none confirmed:
+    the cheapest is reported."""
+    model, data = tiny_model(), tiny_data()
+    # a threshold above 1: every checkpoint counts as collapsed, so there are several to try
+    cfg = tiny_cfg(warp_search=0, collapse_threshold=1.5, checkpoint_every=1, steps=8)
+    images = reverse.BenignImages(data.images, torch.device("cpu"))
+
+    def run(accept_at):
+        calls = []
+
+        def confirm(trigger):
+            calls.append(trigger)
+            return len(calls) == accept_at
+
+        with reverse.frozen(model):
+            bench = reverse.precompute_benign(model, images, cfg)
+            s = reverse.run_search(model, images, bench, cfg, 0, False, confirm=confirm)
+        return s, len(calls)
+
+    s, n = run(accept_at=3)
+    order = sorted(s.checkpoints, key=lambda r: r["R"])[:reverse.CONFIRM_TRIES]
+    assert n == 3 and s.chosen_step == order[2]["step"]
+    s, n = run(accept_at=0)  # nothing confirmed
+    assert n == reverse.CONFIRM_TRIES and s.chosen_step == order[0]["step"]

@@ -231,8 +231,10 @@ def test_ablation_variants_offer_the_paper_state_and_the_warp_branch():
     assert "report the cheapest collapse state" not in got
     # the default runs a plain and a warp search; the ablation takes them apart
     assert got["plain search only (no warp search)"] == {"warp_search": 0}
-    assert got["warp search only (warp_grid = 4 through the MTR)"] == {
-        "warp_search": 0, "warp_grid": 4, "warp_through_mtr": True}
+    assert got["warp search only (a 4×4 field alone)"] == {
+        "warp_search": 0, "warp_grid": 4, "warp_only": True, "warp_through_mtr": True,
+        "static_pattern": False}
+    assert got["warp search from a zero field"] == {"warp_init": 0.0}
 
 
 def test_attack_table_tiny(tmp_path):

@@ -49,7 +49,11 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
         k = base.warp_search or 4
         if base.warp_search:  # the two searches apart
             out.append(("plain search only (no warp search)", {"warp_search": 0}, None))
-        out.append((f"warp search only (warp_grid = {k} through the MTR)",
+            out.append(("warp search from a zero field", {"warp_init": 0.0}, None))
+        out.append((f"warp search only (a {k}×{k} field alone)",
+                    {"warp_search": 0, "warp_grid": k, "warp_only": True,
+                     "warp_through_mtr": True, "static_pattern": False}, None))
+        out.append(("plain search with a warp branch through the MTR (session 9)",
                     {"warp_search": 0, "warp_grid": k, "warp_through_mtr": True}, None))
         if not base.warp_search:
             out.append((f"plain + warp search (warp_search = {k})", {"warp_search": k}, None))

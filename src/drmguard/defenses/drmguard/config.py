@@ -43,6 +43,8 @@ class DRMGuardConfig:
     static_pattern: bool = False
     warp_grid: int = 0  # k > 0: a learned k×k warp field before δ (0: no warp branch) [ours]
     warp_through_mtr: bool = False  # the MTR keeps W(x), not x, in the attended region [ours]
+    warp_only: bool = False  # the generator is the warp branch alone (no δ, no P) [ours]
+    warp_init: float = 0.0  # std (pixels) of the warp field's random start; 0: zero [ours]
     pretrain_steps: int = 5000  # identity pre-training, ``ia`` only [paper: 5,000]
     pretrain_lr: float = 1e-3
 
@@ -51,9 +53,10 @@ class DRMGuardConfig:
     batch_size: int = 50
     lr: float = 0.0015
     restarts: int = 1  # independent plain searches (seeds seed + 1000·r)
-    # k > 0: one more search besides the plain ones, with a k×k warp branch seen through the
-    # MTR (``warp_grid`` = k, ``warp_through_mtr``) [ours]; the scan reports one of all the
-    # searches by ``select`` (with ``cheapest_collapse``: the cheapest collapse of any of them)
+    # k > 0: one more search besides the plain ones, over warps alone: a k×k warp field, no δ
+    # or P (``warp_grid`` = k, ``warp_only``, ``warp_through_mtr``), started at random
+    # (``warp_init``) [ours]; the scan reports one of all the searches by ``select`` (with
+    # ``cheapest_collapse``: the cheapest collapse of any of them)
     warp_search: int = 0
     lambda1: float = 0.75  # output-space term (on the scale-free term; see TASK_DEFAULTS)
     lambda3: float = 800.0  # feature-space term (FSRT)
@@ -139,6 +142,10 @@ class DRMGuardConfig:
                                 f"residual or unet generator and warp_grid = 0, got "
                                 f"{self.warp_search} with '{self.generator}', warp_grid "
                                 f"{self.warp_grid}")
+        if self.warp_only and not self.warp_grid:
+            raise DrmguardError("DRMGuard option warp_only needs a warp branch (warp_grid >= 2)")
+        if self.warp_init < 0:
+            raise DrmguardError(f"DRMGuard option warp_init must be >= 0, got {self.warp_init}")
         if self.warp_grid and (self.generator == "ia" or self.warp_grid < 2):
             raise DrmguardError(f"DRMGuard option warp_grid must be 0 or >= 2 with the residual "
                                 f"or unet generator, got {self.warp_grid} with '{self.generator}'")
@@ -160,7 +167,8 @@ class DRMGuardConfig:
         runs = [(1000 * r, replace(self, warp_search=0)) for r in range(self.restarts)]
         if self.warp_search:
             runs.append((0, replace(self, warp_search=0, warp_grid=self.warp_search,
-                                    warp_through_mtr=True)))
+                                    warp_only=True, warp_through_mtr=True,
+                                    static_pattern=False)))
         return runs
 
     # --- serialisation ------------------------------------------------------------------
@@ -221,13 +229,14 @@ TASK_DEFAULTS: dict[str, dict] = {
 #   benign and dense-trigger searches alike sit above the identity's objective, while the
 #   smallest R at which the outputs collapsed separates BadNets, Blend and WaNet from benign
 #   models (docs/method.md, "Dense triggers on development models").
-# - a second search with a 4×4 warp branch seen through the MTR (``warp_search``): on the same
-#   development models the plain search never reaches a WaNet warp (its collapses lie 13-29° from
-#   the real target), the warp search reaches it on 4 of 5 models (R* 0.008-0.013, estimates
-#   3-7° from the target) but makes BadNets / Blend costlier; the cheaper collapse of the two
-#   flags BadNets 4/4, Blend 4/4, WaNet 4/5 and no benign model (cheapest benign R* 0.024).
+# - a second search over warps alone (``warp_search``: a 4×4 field, no δ, started at random
+#   with 0.5 px per control point): on the same development models the plain search never
+#   reaches a WaNet warp (its collapses lie 13-29° from the real target); the warp-only search
+#   from a random start collapses all five WaNet models (R 0.008-0.018, estimates 1-7° from the
+#   target) and no benign model (their outputs keep ≥ 0.49 of their variance under any warp it
+#   finds); from a zero start it found 1 of 3 (docs/method.md, session 10).
 _SEARCH = dict(l1_warmup=0.5, l1_warmup_start=0.001, static_pattern=True,
-               select="cheapest_collapse", warp_search=4)
+               select="cheapest_collapse", warp_search=4, warp_init=0.5)
 
 PROFILE_DEFAULTS: dict[str, dict] = {
     "tiny": dict(generator="residual", gen_width=8, steps=30, batch_size=16, lr=5e-3,

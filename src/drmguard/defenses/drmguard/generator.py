@@ -22,6 +22,8 @@ bicubically as WaNet's is, moves the pixels of x before δ is added:
 G(x) = clip(x + (W_φ(x) − W_0(x)) + tanh(δ(x) + P), 0, 1), with W_φ the warp by the field and W_0
 the identity warp (so φ = 0 gives G(x) = x exactly). A smooth warp — WaNet's trigger — is then
 k·k·2 numbers away, instead of a per-pixel change the encoder-decoder must synthesise.
+``warp_only`` keeps the warp branch alone (G(x) = clip(W_φ(x) − W_0(x) + x, 0, 1): no δ, no P);
+``warp_init`` > 0 starts the field at random (standard deviation in pixels) instead of zero.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ class TriggerGenerator(nn.Module):
     """G_θ(x) for images B×C×H×W in [0, 1]; see the module docstring for the variants."""
 
     def __init__(self, kind: str, channels: int, size: tuple[int, int], width: int = 32,
-                 norm: str = "batch", static_pattern: bool = False, warp_grid: int = 0):
+                 norm: str = "batch", static_pattern: bool = False, warp_grid: int = 0,
+                 warp_only: bool = False, warp_init: float = 0.0):
         super().__init__()
         h, w = int(size[0]), int(size[1])
         if h % 8 or w % 8:
@@ -125,26 +128,36 @@ class TriggerGenerator(nn.Module):
         if kind not in ("ia", "residual", "unet"):
             raise DrmguardError(f"unknown generator '{kind}' (choose residual, unet or ia)")
         self.kind, self.channels, self.size = kind, int(channels), (h, w)
-        if kind == "ia":
+        self.warp_init = float(warp_init)
+        if warp_only and not warp_grid:
+            raise DrmguardError("a warp-only generator needs a warp branch (warp_grid >= 2)")
+        if warp_only:  # the warp branch alone: no δ, no P
+            self.body = None
+        elif kind == "ia":
             self.body = EncoderDecoder(channels, width, norm, zero_last=False)
         elif kind == "residual":
             self.body = EncoderDecoder(channels, width, norm, zero_last=True)
         else:
             self.body = UNet(channels, width, norm)
-        self.pattern = nn.Parameter(torch.zeros(1, channels, h, w)) if static_pattern else None
+        self.pattern = (nn.Parameter(torch.zeros(1, channels, h, w))
+                        if static_pattern and not warp_only else None)
         self.flow = None
         if warp_grid:
             if kind == "ia" or not 2 <= int(warp_grid) <= min(h, w):
                 raise DrmguardError(f"`warp_grid` needs the residual or unet generator and a size "
                                     f"in [2, {min(h, w)}], got {warp_grid} with '{kind}'")
-            self.flow = nn.Parameter(torch.zeros(1, 2, int(warp_grid), int(warp_grid)))
+            # zero: the exact identity; warp_init > 0: a random start (torch's global RNG,
+            # seeded by the search) — from zero the gradient of a WaNet-style backdoor's
+            # response to the field is uninformative (docs/method.md)
+            self.flow = nn.Parameter(torch.randn(1, 2, int(warp_grid), int(warp_grid))
+                                     * self.warp_init)
             self.register_buffer("_identity", identity_grid(h, w), persistent=False)
             self.register_buffer("_pixel", torch.tensor([2.0 / max(w - 1, 1),
                                                          2.0 / max(h - 1, 1)]), persistent=False)
 
     @property
     def exact_identity_at_init(self) -> bool:
-        return self.kind != "ia"
+        return self.kind != "ia" and not (self.flow is not None and self.warp_init > 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.with_warped(x)[1]
@@ -155,6 +168,9 @@ class TriggerGenerator(nn.Module):
         if x.shape[1:] != (self.channels, *self.size):
             raise DrmguardError(f"generator built for {self.channels}×{self.size[0]}×"
                                 f"{self.size[1]} images, got {tuple(x.shape[1:])}")
+        if self.body is None:  # warp only
+            base = self.warped(x)
+            return base, base.clamp(0.0, 1.0)
         z = self.body(x * 2.0 - 1.0)
         if self.pattern is not None:
             z = z + self.pattern
@@ -176,7 +192,8 @@ class TriggerGenerator(nn.Module):
 def build_generator(cfg, channels: int, size: tuple[int, int]) -> TriggerGenerator:
     return TriggerGenerator(cfg.generator, channels, size, width=cfg.gen_width,
                             norm=cfg.gen_norm, static_pattern=cfg.static_pattern,
-                            warp_grid=cfg.warp_grid)
+                            warp_grid=cfg.warp_grid, warp_only=cfg.warp_only,
+                            warp_init=cfg.warp_init)
 
 
 def pretrain_identity(gen: TriggerGenerator, sample: Callable[[], torch.Tensor], steps: int,

@@ -249,9 +249,25 @@ class Checkpoints:
                             None if mtr_weight is None else mtr_weight.detach().clone()))
 
     def chosen(self) -> int:
-        """Index of the checkpoint the scan reports."""
-        return choose_state([(r["R"], r["collapse_ratio"], r["objective"]) for r in self.rows],
-                            self.cfg)
+        """Index of the checkpoint the scan reports (before confirmation; see ranked)."""
+        return self.ranked()[0]
+
+    def ranked(self) -> list[int]:
+        """The checkpoints a scan may report, in order of preference: with ``cheapest_collapse``
+        the collapsed ones by R (at most ``CONFIRM_TRIES``; the search confirms them on all of
+        D_b in this order), else the one :func:`choose_state` picks."""
+        states = [(r["R"], r["collapse_ratio"], r["objective"]) for r in self.rows]
+        first = choose_state(states, self.cfg)
+        if self.cfg.select != "cheapest_collapse" or states[first][1] >= self.cfg.collapse_threshold:
+            return [first]
+        collapsed = [i for i, st in enumerate(states) if st[1] < self.cfg.collapse_threshold]
+        return sorted(collapsed, key=lambda i: states[i][0])[:CONFIRM_TRIES]
+
+
+# How many collapsed checkpoints a search tries, cheapest first, before it reports the cheapest
+# one unconfirmed: the held-out part of D_b can call a state at the edge of the collapse
+# threshold collapsed while all of D_b does not [ours].
+CONFIRM_TRIES = 5
 
 
 def choose_state(states: list[tuple[float, float, float]], cfg) -> int:
@@ -323,8 +339,12 @@ def search_step(model, gen, opt, momentum, x, attention, theta_ref, benign_var, 
 
 
 def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
-               progress: bool = True, desc: str = "DRMGuard") -> Search:
-    """Optimise G for ``cfg.steps`` Adam steps on D_b; returns the trigger and its trajectory."""
+               progress: bool = True, desc: str = "DRMGuard", confirm=None) -> Search:
+    """Optimise G for ``cfg.steps`` Adam steps on D_b; returns the trigger and its trajectory.
+
+    ``confirm(trigger) -> bool`` (the scan's evaluation on all of D_b): with
+    ``select = cheapest_collapse`` the collapsed checkpoints are tried cheapest first until one
+    is confirmed; none confirmed: the cheapest."""
     device = images.device
     g = seed_everything(seed)
     train_idx, hold_idx = split_holdout(len(images), cfg, seed)
@@ -373,19 +393,28 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
             checks.record(step + 1, gen, momentum.weight() if cfg.mtr else None)
     search_seconds["search"] = time.perf_counter() - t0
     final_weight = momentum.weight().detach() if cfg.mtr else None
-    chosen_step = None
-    if checks is not None:
-        i = checks.chosen()
-        state, weight_i = checks.states[i]
-        gen.load_state_dict(state)
-        chosen_step = checks.rows[i]["step"]
-        if cfg.mtr:  # the identity checkpoint has no map yet: any map blends x with x
-            final_weight = weight_i if weight_i is not None else final_weight
-    recalibrate_batchnorm(gen, (images.get(sl) for sl in images.chunks(bs)))
-    gen.to(memory_format=torch.contiguous_format)  # the trigger is applied anywhere later
     per_image = cfg.mtr_map == "per_image"
-    trigger = ReversedTrigger(gen, final_weight, cfg, attention_model=model if per_image else None,
-                              output_scale=bench["output_scale"] if per_image else None)
+
+    def trigger_at(state=None, weight_i=None) -> ReversedTrigger:
+        if state is not None:
+            gen.load_state_dict(state)
+        weight = final_weight
+        if cfg.mtr and state is not None:  # the identity checkpoint has no map yet: any map
+            weight = weight_i if weight_i is not None else final_weight  # blends x with x
+        recalibrate_batchnorm(gen, (images.get(sl) for sl in images.chunks(bs)))
+        gen.to(memory_format=torch.contiguous_format)  # the trigger is applied anywhere later
+        return ReversedTrigger(gen, weight, cfg, attention_model=model if per_image else None,
+                               output_scale=bench["output_scale"] if per_image else None)
+
+    chosen_step = None
+    if checks is None:
+        trigger = trigger_at()
+    else:
+        ranked = checks.ranked()
+        for k, i in enumerate(ranked + ranked[:1]):  # the last pass: the cheapest, unconfirmed
+            trigger, chosen_step = trigger_at(*checks.states[i]), checks.rows[i]["step"]
+            if confirm is None or len(ranked) == 1 or k == len(ranked) or confirm(trigger):
+                break
     return Search(trigger, seed, trajectory, history, pre_err, r_floor, search_seconds,
                   checks.rows if checks is not None else [], chosen_step)
 
