@@ -232,9 +232,9 @@ TASK_DEFAULTS: dict[str, dict] = {
 # - a second search over warps alone (``warp_search``: a 4×4 field, no δ, started at random
 #   with 0.5 px per control point): on the same development models the plain search never
 #   reaches a WaNet warp (its collapses lie 13-29° from the real target); the warp-only search
-#   from a random start collapses all five WaNet models (R 0.008-0.018, estimates 1-7° from the
-#   target) and no benign model (their outputs keep ≥ 0.49 of their variance under any warp it
-#   finds); from a zero start it found 1 of 3 (docs/method.md, session 10).
+#   from a random start collapses all five WaNet models (R 0.007-0.010, estimates 2.5-7.4° from
+#   the target) and no benign model (their outputs keep ≥ 0.73 of their variance under any warp
+#   it reaches); from a zero start it found 1 of 3 (docs/method.md, session 10).
 _SEARCH = dict(l1_warmup=0.5, l1_warmup_start=0.001, static_pattern=True,
                select="cheapest_collapse", warp_search=4, warp_init=0.5)
 
