@@ -257,10 +257,10 @@ class Checkpoints:
         the collapsed ones by R (at most ``CONFIRM_TRIES``; the search confirms them on all of
         D_b in this order), else the one :func:`choose_state` picks."""
         states = [(r["R"], r["collapse_ratio"], r["objective"]) for r in self.rows]
-        first = choose_state(states, self.cfg)
-        if self.cfg.select != "cheapest_collapse" or states[first][1] >= self.cfg.collapse_threshold:
+        first, threshold = choose_state(states, self.cfg), self.cfg.collapse_threshold
+        if self.cfg.select != "cheapest_collapse" or states[first][1] >= threshold:
             return [first]
-        collapsed = [i for i, st in enumerate(states) if st[1] < self.cfg.collapse_threshold]
+        collapsed = [i for i, st in enumerate(states) if st[1] < threshold]
         return sorted(collapsed, key=lambda i: states[i][0])[:CONFIRM_TRIES]
 
 
