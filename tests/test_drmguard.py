@@ -589,9 +589,9 @@ def test_search_confirms_its_cheapest_collapse_on_all_of_the_benign_set():
     def run(accept_at):
         calls = []
 
-        def confirm(trigger):
+        def confirm(trigger):  # an evaluation that collapses only on the accept_at-th call
             calls.append(trigger)
-            return len(calls) == accept_at
+            return {"collapse_ratio": 0.0 if len(calls) == accept_at else 2.0}
 
         with reverse.frozen(model):
             bench = reverse.precompute_benign(model, images, cfg)

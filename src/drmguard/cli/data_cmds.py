@@ -21,14 +21,18 @@ def _write(ds, out: Path, fmt: str, quiet: bool) -> Path:
     raise DrmguardError(f"unknown format '{fmt}' (folder or npz)")
 
 
+OutOpt = typer.Option(..., help="Output folder (or .npz file with --format npz).")
+FormatOpt = typer.Option("folder", "--format", help="folder or npz.")
+
+
 @data_app.command("synth")
 def synth(task: str = typer.Option("gaze", help="gaze or headpose."),
           n: int = typer.Option(2000, help="Number of images."),
           size: int = typer.Option(32, help="Image side (divisible by 8)."),
           subjects: int = typer.Option(20, help="Number of synthetic subjects."),
           seed: int = SeedOpt,
-          out: Path = typer.Option(..., help="Output folder (or .npz file with --format npz)."),
-          fmt: str = typer.Option("folder", "--format", help="folder or npz."),
+          out: Path = OutOpt,
+          fmt: str = FormatOpt,
           split: str = typer.Option("", help="Also split, e.g. 0.8,0.1,0.1: writes "
                                               "OUT/train, OUT/benign, OUT/test (by subject)."),
           quiet: bool = QuietOpt):
@@ -50,8 +54,8 @@ def digits(size: int = typer.Option(16, help="Image side (8 is the native size; 
                                              "8 for training)."),
            channels: int = typer.Option(3, help="1 (grey) or 3 (grey repeated as RGB)."),
            seed: int = SeedOpt,
-           out: Path = typer.Option(..., help="Output folder (or .npz file with --format npz)."),
-           fmt: str = typer.Option("folder", "--format", help="folder or npz."),
+           out: Path = OutOpt,
+           fmt: str = FormatOpt,
            split: str = typer.Option("", help="Also split, e.g. 0.7,0.1,0.2: writes "
                                               "OUT/train, OUT/benign, OUT/test (by sample)."),
            quiet: bool = QuietOpt):

@@ -209,6 +209,7 @@ class Search:
     seconds: dict = field(default_factory=dict)
     checkpoints: list = field(default_factory=list)  # held-out evaluations (select != final)
     chosen_step: int | None = None  # the step whose generator is the trigger
+    evaluation: dict | None = None  # the trigger's evaluation on all of D_b, if confirm made one
 
 
 class Checkpoints:
@@ -342,9 +343,9 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
                progress: bool = True, desc: str = "DRMGuard", confirm=None) -> Search:
     """Optimise G for ``cfg.steps`` Adam steps on D_b; returns the trigger and its trajectory.
 
-    ``confirm(trigger) -> bool`` (the scan's evaluation on all of D_b): with
+    ``confirm(trigger) -> dict`` (the scan's evaluation on all of D_b): with
     ``select = cheapest_collapse`` the collapsed checkpoints are tried cheapest first until one
-    is confirmed; none confirmed: the cheapest."""
+    collapses there too (kept as ``Search.evaluation``); none does: the cheapest."""
     device = images.device
     g = seed_everything(seed)
     train_idx, hold_idx = split_holdout(len(images), cfg, seed)
@@ -406,17 +407,21 @@ def run_search(model, images: BenignImages, bench: dict, cfg, seed: int,
         return ReversedTrigger(gen, weight, cfg, attention_model=model if per_image else None,
                                output_scale=bench["output_scale"] if per_image else None)
 
-    chosen_step = None
+    chosen_step, evaluation = None, None
     if checks is None:
         trigger = trigger_at()
     else:
         ranked = checks.ranked()
         for k, i in enumerate(ranked + ranked[:1]):  # the last pass: the cheapest, unconfirmed
             trigger, chosen_step = trigger_at(*checks.states[i]), checks.rows[i]["step"]
-            if confirm is None or len(ranked) == 1 or k == len(ranked) or confirm(trigger):
+            if confirm is None or len(ranked) == 1 or k == len(ranked):
                 break
+            evaluation = confirm(trigger)
+            if evaluation["collapse_ratio"] < cfg.collapse_threshold:
+                break
+            evaluation = None
     return Search(trigger, seed, trajectory, history, pre_err, r_floor, search_seconds,
-                  checks.rows if checks is not None else [], chosen_step)
+                  checks.rows if checks is not None else [], chosen_step, evaluation)
 
 
 @torch.no_grad()

@@ -279,20 +279,12 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
             for r, (offset, run_cfg) in enumerate(plan):
                 desc = "DRMGuard" + (" warp" if run_cfg.warp_grid else "")
                 desc += f" {r + 1}/{len(plan)}" if len(plan) > 1 else ""
-                last = {}  # the last trigger evaluated on all of D_b, and its evaluation
-
-                def confirm(trigger, run_cfg=run_cfg, last=last):
-                    last.update(trigger=trigger,
-                                ev=evaluate_trigger(net, trigger, images, bench, run_cfg))
-                    return last["ev"]["collapse_ratio"] < run_cfg.collapse_threshold
-
-                search = run_search(net, images, bench, run_cfg, seed + offset, progress, desc,
-                                    confirm)
+                search = run_search(
+                    net, images, bench, run_cfg, seed + offset, progress, desc,
+                    confirm=lambda t, c=run_cfg: evaluate_trigger(net, t, images, bench, c))
                 t0 = time.perf_counter()
-                if last.get("trigger") is search.trigger:
-                    ev = last["ev"]
-                else:
-                    ev = evaluate_trigger(net, search.trigger, images, bench, run_cfg)
+                ev = search.evaluation or evaluate_trigger(net, search.trigger, images, bench,
+                                                           run_cfg)
                 search.seconds["evaluate"] = time.perf_counter() - t0
                 runs.append((search, ev))
             best = chosen_restart([ev for _, ev in runs], cfg)
