@@ -344,3 +344,34 @@ def test_identification_rows_name_the_search_a_scan_reported():
     three = {"restarts": [{"warp_grid": 0}, {"warp_grid": 0}, {"warp_grid": 4}]}
     assert reported_search({**three, "chosen_restart": 1}) == "plain 2"
     assert reported_search({"score": 1.0}) is None  # a baseline's details
+
+
+def test_stability_counts_the_verdicts_that_flip(tmp_path):
+    import torch
+
+    from drmguard.experiments import stability
+    from drmguard.experiments.stability import run_stability
+
+    cache, out = tmp_path / "cache", tmp_path / "results"
+    n = torch.get_num_threads()
+    rec = run_stability("gaze", ["badnets"], 1, 1, "tiny", seeds=[1], threads=[n],
+                        cache_dir=str(cache), out_dir=str(out), progress=False)
+    assert [v[0] for v in rec["variants"]] == ["reference (seed 0)", "seed 1, 1 thread",
+                                               f"seed 0, {n} thread{'' if n == 1 else 's'}"]
+    # the reference is the identification table's own scan (same cache entry)
+    ident = run_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache),
+                               str(out), progress=False)
+    assert [m["scores"][0] for m in rec["models"]] == [r["score"] for r in ident["models"]]
+    # seed 0 pinned to the thread count the reference ran at: the same search, bit for bit
+    assert all(m["scores"][2] == m["scores"][0] and m["verdicts"][2] == m["verdicts"][0]
+               for m in rec["models"])
+    assert all(r["threads"] == n for r in ident["models"])
+    # another seed is another search; flips are the verdicts that differ from the reference
+    assert any(m["scores"][1] != m["scores"][0] for m in rec["models"])
+    assert rec["total_flips"] == sum(m["verdicts"][1] != m["verdicts"][0] for m in rec["models"])
+    assert (out / "stability-gaze-tiny.md").exists()
+    assert len(list((out / "stability-runs").glob("stability-gaze-tiny-*.json"))) == 3
+    # flips are counted against the reference, per model
+    fake = [{"models": [{"model": "a", "attack": None, "defense": "drmguard", "flagged": v,
+                         "score": 0.0}]} for v in (False, True, False)]
+    assert stability.flips(fake)[0]["flips"] == 1

@@ -281,6 +281,44 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    f"AUC {_auc(r['roc_auc'])}")
 
 
+@exp_app.command("stability")
+@parallel
+def stability_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
+                  attacks: str = typer.Option("badnets,wanet", help="Comma-separated."),
+                  benign: int = typer.Option(10), backdoored: int = typer.Option(10),
+                  seeds: str = typer.Option("1,2", help="Other scan seeds (each at 1 thread)."),
+                  threads: str = typer.Option("2", help="Other torch thread counts (seed 0)."),
+                  first_seed: int = _first_seed_opt(0), rescan: bool = RescanOpt,
+                  cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt,
+                  executor=None):
+    """Stability: the identification zoo rescanned with other scan seeds and thread counts;
+    counts the verdicts that flip."""
+    from ..experiments.stability import run_stability
+
+    _check_task(task)
+    _check_counts(benign=benign, backdoored=backdoored)
+    seed_list, thread_list = _ints(seeds, "--seeds", 0), _ints(threads, "--threads", 1)
+    rec = run_stability(task, _list(attacks, "--attacks"), benign, backdoored, profile,
+                        seed_list, thread_list, cache, out, command=_command(),
+                        progress=not quiet, rescan=rescan, first_seed=first_seed,
+                        executor=executor)
+    for r in rec["summary"]:
+        typer.echo(f"{r['variant']:>20} {r['attack']:>8}: acc {r['accuracy']:.3f}  "
+                   f"AUC {_auc(r['roc_auc'])}  flips {r['flips']}")
+    typer.echo(f"flips over all variants: {rec['total_flips']}")
+
+
+def _ints(text: str, what: str, least: int) -> list[int]:
+    """A comma-separated list of integers ≥ ``least``."""
+    try:
+        vals = [int(t) for t in _list(text, what)]
+    except ValueError:
+        raise DrmguardError(f"{what} takes comma-separated integers, not '{text}'") from None
+    if any(v < least for v in vals):
+        raise DrmguardError(f"{what} values must be ≥ {least}, not '{text}'")
+    return vals
+
+
 @exp_app.command("architectures")
 @parallel
 def architectures_cmd(task: str = TaskOpt, profile: str = ProfileOpt,

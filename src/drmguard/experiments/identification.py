@@ -101,30 +101,44 @@ def overrides_for(overrides: dict | None, defense: str) -> dict:
 
 
 def detect_config(spec: ModelSpec, defense: str, overrides: dict,
-                  benign_limit: int | None = None, seed: int = 0):
-    """(detector, cache key of its run on ``spec``)."""
+                  benign_limit: int | None = None, seed: int = 0,
+                  threads: int | None = None):
+    """(detector, cache key of its run on ``spec``). ``threads``: torch threads the run must
+    use (part of the key: float sums, hence a search, depend on them); None: the worker's."""
     det = get_detector(defense, spec.profile, spec.task, **overrides)
-    return det, {"overrides": overrides, "benign_limit": benign_limit, "seed": seed,
-                 "resolved": resolved_config(det, spec.task)}
+    config = {"overrides": overrides, "benign_limit": benign_limit, "seed": seed,
+              "resolved": resolved_config(det, spec.task)}
+    if threads is not None:
+        config["threads"] = int(threads)
+    return det, config
 
 
 def detect_record(zoo: Zoo, spec: ModelSpec, model, defense: str, overrides: dict,
-                  benign_limit: int | None = None, seed: int = 0) -> dict:
-    """One detector on one zoo model with the zoo's benign set D_b (cached)."""
-    det, config = detect_config(spec, defense, overrides, benign_limit, seed)
+                  benign_limit: int | None = None, seed: int = 0,
+                  threads: int | None = None) -> dict:
+    """One detector on one zoo model with the zoo's benign set D_b (cached); ``seed``: the
+    detector's seed, ``threads``: torch threads for this run (None: as set)."""
+    det, config = detect_config(spec, defense, overrides, benign_limit, seed, threads)
 
     def compute():
         benign = zoo.splits(spec).benign
         if benign_limit:
             benign = benign.subset(range(min(benign_limit, len(benign))))
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        d = det.detect(model, benign, experiment_task(spec.task), seed=seed,
-                       progress=zoo.progress)
-        d.save_artifacts(lambda suffix: zoo.artifact_path(spec, "detect", defense, config,
-                                                          suffix))
-        rec = d.to_dict()
-        rec["wall_seconds"] = time.perf_counter() - t0
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        try:
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            d = det.detect(model, benign, experiment_task(spec.task), seed=seed,
+                           progress=zoo.progress)
+            d.save_artifacts(lambda suffix: zoo.artifact_path(spec, "detect", defense, config,
+                                                              suffix))
+            rec = d.to_dict()
+            rec["wall_seconds"] = time.perf_counter() - t0
+            rec["threads"] = torch.get_num_threads()
+        finally:
+            torch.set_num_threads(before)
         return rec
     return zoo.cached_run(spec, "detect", defense, config, compute)
 
@@ -208,7 +222,8 @@ def identification_work(task: str, attacks: list[str], n_benign: int,
                         n_backdoored: int | dict[str, int], profile: str = "cpu",
                         defenses: list[str] | None = None, arch: str | None = None,
                         overrides: dict | None = None, benign_limit: int | None = None,
-                        attack_options: dict | None = None, first_seed: int = 0):
+                        attack_options: dict | None = None, first_seed: int = 0,
+                        seed: int = 0, threads: int | None = None):
     """Everything :func:`run_identification` computes, as tasks for an
     :class:`~.executor.Executor`: the models, their attack records, the real trigger's cost
     (when a requested defence measures it) and the detections."""
@@ -230,8 +245,9 @@ def identification_work(task: str, attacks: list[str], n_benign: int,
         for d in defenses:
             ov = overrides_for(overrides, d)
             runs.append(Run(spec, partial(detect_record, defense=d, overrides=ov,
-                                          benign_limit=benign_limit), "detect", d,
-                            detect_config(spec, d, ov, benign_limit)[1]))
+                                          benign_limit=benign_limit, seed=seed,
+                                          threads=threads), "detect", d,
+                            detect_config(spec, d, ov, benign_limit, seed, threads)[1]))
     return Work(specs, runs)
 
 
@@ -259,16 +275,18 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                        benign_limit: int | None = None, name: str | None = None,
                        command: str = "", progress: bool = True,
                        attack_options: dict | None = None, rescan: bool = False,
-                       first_seed: int = 0, executor=None) -> dict:
+                       first_seed: int = 0, executor=None, seed: int = 0,
+                       threads: int | None = None) -> dict:
     """Identification table on a zoo; ``rescan`` recomputes cached runs that other code made
     (see :class:`Zoo`); ``first_seed`` > 0 for development models (calibration); an
-    :class:`~.executor.Executor` computes the zoo in parallel first."""
+    :class:`~.executor.Executor` computes the zoo in parallel first; ``seed``/``threads``: the
+    detectors' seed and torch threads (the stability experiment varies them)."""
     defenses = defenses or ["drmguard"]
     zoo = Zoo(cache_dir, progress, rescan)
     if executor is not None:
         executor.run(zoo, identification_work(task, attacks, n_benign, n_backdoored, profile,
                                               defenses, arch, overrides, benign_limit,
-                                              attack_options, first_seed))
+                                              attack_options, first_seed, seed, threads))
     specs = model_specs(task, profile, attacks, n_benign, n_backdoored, arch, attack_options,
                         first_seed)
     records = []
@@ -278,7 +296,8 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
         att = attack_record(zoo, spec, model, attack, meta)
         real = trigger_record(zoo, spec, model, attack, defenses)
         for d in defenses:
-            det = detect_record(zoo, spec, model, d, overrides_for(overrides, d), benign_limit)
+            det = detect_record(zoo, spec, model, d, overrides_for(overrides, d), benign_limit,
+                                seed, threads)
             records.append({
                 "model": spec.label(), "key": spec.key(), "attack": spec.attack,
                 "seed": spec.seed, "defense": d, "score": det["score"],
@@ -295,7 +314,8 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
                                     else None),
                 "real_trigger_R": real.get("R"),
                 "real_trigger_collapse": real.get("collapse_ratio"),
-                "seconds": det.get("seconds"), "code": det.get("code"),
+                "seconds": det.get("seconds"), "threads": det.get("threads"),
+                "code": det.get("code"),
                 "details": det.get("details", {})})
     summary = summarise(records, defenses, attacks)
     data_name = "digits" if task == "classification" else task  # the classifiers' data
@@ -303,7 +323,7 @@ def run_identification(task: str, attacks: list[str], n_benign: int,
     record = {"provenance": provenance(command), "task": task, "profile": profile, "arch": arch,
               "attacks": attacks, "n_benign": n_benign, "n_backdoored": n_backdoored,
               "first_seed": first_seed, "defenses": defenses, "overrides": overrides or {},
-              "benign_limit": benign_limit,
+              "benign_limit": benign_limit, "scan_seed": seed, "threads": threads,
               "summary": summary, "models": records}
     write_results(out_dir, name, record, to_markdown(record))
     return record

@@ -79,11 +79,11 @@ def runs_line(models: list) -> str:
 
 
 #: Fields of a results record that differ between two computations of the same numbers.
-VOLATILE_FIELDS = frozenset({"provenance", "seconds", "wall_seconds", "timings"})
+VOLATILE_FIELDS = frozenset({"provenance", "seconds", "wall_seconds", "timings", "threads"})
 
 
 def comparable(record):
-    """A results record without its timing and provenance fields (:data:`VOLATILE_FIELDS`, at
+    """A results record without its timing, thread and provenance fields (:data:`VOLATILE_FIELDS`, at
     any depth): two runs of an experiment that computed the same numbers give equal ones."""
     if isinstance(record, dict):
         return {k: comparable(v) for k, v in record.items() if k not in VOLATILE_FIELDS}
