@@ -429,3 +429,16 @@ def test_experiment_ray_not_installed(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
     expect_one_line(capsys, ["experiment", "attacks", "--profile", "tiny", "--executor", "ray"],
                     "--executor ray needs Ray: pip install 'drmguard[ray]'")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--seeds", "1,x"], "--seeds takes comma-separated integers, not '1,x'"),
+    (["--seeds", "-1"], "--seeds values must be ≥ 0, not '-1'"),
+    (["--threads", "0"], "--threads values must be ≥ 1, not '0'"),
+    (["--threads", ","], "--threads is empty"),
+])
+def test_experiment_stability_bad_options(tmp_path, capsys, extra, needle):
+    expect_one_line(capsys, ["experiment", "stability", "--profile", "tiny", "--benign", 1,
+                             "--backdoored", 1, "--attacks", "badnets", "--cache", tmp_path / "c",
+                             "--out", tmp_path / "o", "--quiet", *extra], needle)
+    assert not (tmp_path / "c" / "models").exists()  # refused before any training
