@@ -31,19 +31,18 @@ def _slug(label: str) -> str:
 
 
 def flips(runs: list[dict], defense: str = "drmguard") -> list[dict]:
-    """Per model: the reference verdict, each variant's, and how many differ from it."""
-    ref, *others = runs
+    """Per model: each variant's verdict and score (the reference first), which variants
+    differ from the reference (``changed``) and how many (``flips``)."""
     by_model = [{r["model"]: r for r in run["models"] if r["defense"] == defense}
                 for run in runs]
     rows = []
-    for r in ref["models"]:
-        if r["defense"] != defense:
-            continue
-        verdicts = [m.get(r["model"], {}).get("flagged") for m in by_model]
-        rows.append({"model": r["model"], "attack": r["attack"], "implanted": r.get("implanted"),
-                     "verdicts": verdicts, "scores": [m.get(r["model"], {}).get("score")
+    for name, r in by_model[0].items():
+        verdicts = [m.get(name, {}).get("flagged") for m in by_model]
+        changed = [v is not None and v != verdicts[0] for v in verdicts]
+        rows.append({"model": name, "attack": r["attack"], "implanted": r.get("implanted"),
+                     "verdicts": verdicts, "scores": [m.get(name, {}).get("score")
                                                       for m in by_model],
-                     "flips": sum(v is not None and v != verdicts[0] for v in verdicts[1:])})
+                     "changed": changed, "flips": sum(changed)})
     return rows
 
 
@@ -71,8 +70,7 @@ def run_stability(task: str, attacks: list[str], n_benign: int, n_backdoored: in
             for label, s, t in vs]
     per_model = flips(runs)
     summary = [{"variant": label, "seed": s, "threads": t, **row,
-                "flips": sum(m["verdicts"][i] is not None and m["verdicts"][i] != m["verdicts"][0]
-                             for m in per_model
+                "flips": sum(m["changed"][i] for m in per_model
                              if row["attack"] in ("all", m["attack"]) or m["attack"] is None)}
                for i, ((label, s, t), run) in enumerate(zip(vs, runs)) for row in run["summary"]]
     record = {"provenance": provenance(command), "task": task, "profile": profile,
