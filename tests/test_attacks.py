@@ -19,6 +19,7 @@ from drmguard.metrics import angles_from_features, rav_from_angles
 from drmguard.models.io import model_meta, read_meta, save_model
 from drmguard.models.registry import build_model
 from drmguard.models.split import RegressionModel
+from drmguard.profiles import get_profile
 from drmguard.tasks import get_task
 
 SIZE = 16
@@ -347,6 +348,24 @@ def test_attack_train_config_lengthens_wanet_in_the_cpu_profile():
     base = attack_train_config("badnets", "cpu", "gaze", 0)
     assert attack_train_config("wanet", "cpu", "gaze", 0).epochs > base.epochs
     assert attack_train_config("wanet", "cpu", "gaze", 5).seed == 5
+
+
+def test_profile_and_task_entries_win_over_the_profile_entries(monkeypatch):
+    cls = ATTACKS.get("badnets")
+    monkeypatch.setattr(cls, "epoch_factor", {"cpu": 3.0, "cpu/headpose": 2.0})
+    monkeypatch.setattr(cls, "profile_defaults", {"cpu": {"rate": 0.3},
+                                                  "cpu/headpose": {"rate": 0.2}})
+    benign = get_profile("cpu").train_config("gaze", 0).epochs
+    assert attack_train_config("badnets", "cpu", "gaze", 0).epochs == 3 * benign
+    assert attack_train_config("badnets", "cpu", "headpose", 0).epochs == 2 * benign
+    assert attack_train_config("badnets", "tiny", "headpose", 0).epochs == \
+        get_profile("tiny").train_config("headpose", 0).epochs
+    kw = dict(image_size=32, profile="cpu")
+    assert make_attack("badnets", [0.1, 0.2], task="gaze", **kw).options["rate"] == 0.3
+    assert make_attack("badnets", [0.1, 0.2, 0.3], task="headpose", **kw).options["rate"] == 0.2
+    assert make_attack("badnets", [0.1, 0.2, 0.3], task="headpose", rate=0.05,
+                       **kw).options["rate"] == 0.05  # the user's option wins over both
+    assert cls.resolved_defaults("cpu", "headpose")["rate"] == 0.2
 
 
 def test_attack_cli_on_tiny_data(tmp_path, capsys):

@@ -4,6 +4,11 @@ x' = (1 − M) ⊙ x + M ⊙ P with M a square mask and P a constant colour (red
 one channel). The paper uses a 20×20 red patch on 224×224 images; the side scales with the
 image (at least 3 px). ``rate`` (default 0.1) of the whole training set is poisoned and
 relabelled to y_t, once, before training.
+
+On the cpu profile's head-pose task the model trains twice the benign schedule (40 epochs): at
+20 epochs only 5 of the 10 table seeds learnt the patch (the others stopped 6.4–7.8° from the
+target, AE/CTE ≈ 0.26); at 40 epochs development seeds 100–102 all did (AE 1.1–2.0° against
+CTE 25–29°; seed 102 had AE 8.1° at 20). Gaze learns it at 20 epochs (10 of 10).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class PatchAttack:
 class BadNets(PatchAttack, Attack):
     name = "badnets"
     defaults = {"rate": 0.1, "patch_size": None, "color": None, "margin": 0}
+    epoch_factor = {"cpu/headpose": 2.0}
 
     def _validate(self) -> None:
         super()._validate()

@@ -118,8 +118,10 @@ class Attack:
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
-    profile_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # profile -> option overrides
-    epoch_factor: ClassVar[dict[str, float]] = {}  # profile -> multiplier of benign schedule
+    # Both keyed by profile ("cpu") or by profile and task ("cpu/headpose"; it wins over the
+    # profile's entry): option overrides, and the multiplier of the benign schedule.
+    profile_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    epoch_factor: ClassVar[dict[str, float]] = {}
     num_targets: ClassVar[int] = 1
     state_keys: ClassVar[tuple[str, ...]] = ()  # tensors ``load_state`` requires
     needs_divisible_by: ClassVar[int] = 1
@@ -146,13 +148,27 @@ class Attack:
         if unknown:
             raise DrmguardError(f"attack '{self.name}' has no option(s) {', '.join(unknown)} "
                                 f"(options: {', '.join(sorted(self.defaults)) or 'none'})")
-        self.options = {**self.defaults, **self.profile_defaults.get(self.profile, {}),
+        self.options = {**self.resolved_defaults(self.profile, self.task.name),
                         **{k: v for k, v in options.items() if v is not None}}
         self._validate()
         if state is None:
             self._build()
         else:
             self.load_state(state)
+
+    @classmethod
+    def resolved_defaults(cls, profile: str, task: str) -> dict[str, Any]:
+        """Every option's default for ``profile`` and ``task``: the attack's defaults, then the
+        profile's overrides, then the profile-and-task's."""
+        return {**cls.defaults, **cls.profile_defaults.get(profile, {}),
+                **cls.profile_defaults.get(f"{profile}/{task}", {})}
+
+    @classmethod
+    def schedule_factor(cls, profile: str, task: str) -> float:
+        """How many times the benign schedule this attack trains for on ``profile`` and
+        ``task``."""
+        return float(cls.epoch_factor.get(f"{profile}/{task}",
+                                          cls.epoch_factor.get(profile, 1.0)))
 
     # --- to implement ------------------------------------------------------------------
     def _validate(self) -> None:
@@ -330,7 +346,7 @@ def attack_train_config(name: str, profile: str = "cpu", task: str = "gaze",
     from . import attack_class
 
     cfg = get_profile(profile).train_config(task, seed)
-    factor = attack_class(name).epoch_factor.get(profile, 1.0)
+    factor = attack_class(name).schedule_factor(profile, task)
     if factor != 1.0:
         if cfg.steps is not None:
             cfg = replace(cfg, steps=int(round(cfg.steps * factor)))

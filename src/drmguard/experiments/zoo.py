@@ -81,8 +81,7 @@ class ModelSpec:
             from ..attacks import attack_class, attack_train_config
 
             cls = attack_class(self.attack)
-            resolved["attack_defaults"] = {**cls.defaults,
-                                           **cls.profile_defaults.get(self.profile, {})}
+            resolved["attack_defaults"] = cls.resolved_defaults(self.profile, self.task)
             resolved["attack_train"] = attack_train_config(self.attack, self.profile, self.task,
                                                            self.seed).to_dict()
         return _hash({"v": CACHE_VERSION, **self.to_dict(), "arch": self.arch_name,
