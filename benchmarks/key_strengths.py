@@ -10,7 +10,7 @@ on a task when every benign model keeps a variance ratio ≥ 0.8 and an error ra
 
 Writes ``results/dev/key-strengths-<profile>.json`` and ``.md``::
 
-    PYTHONPATH=src python benchmarks/key_strengths.py --cache /work/dev/cache3 [--seeds 100,101,102]
+    PYTHONPATH=src python benchmarks/key_strengths.py --cache DEV_CACHE [--seeds 100,101,102] [-q]
 
 Benign models missing from the cache are trained (about 3.5 minutes each on the cpu profile).
 """
@@ -37,7 +37,8 @@ def label(name: str, opts: dict) -> str:
     return f"{name} " + ", ".join(f"{k} {v:g}" for k, v in opts.items())
 
 
-def measure(cache: str, profile: str, seeds: list[int], tasks: list[str]) -> list[dict]:
+def measure(cache: str, profile: str, seeds: list[int], tasks: list[str],
+            quiet: bool = False) -> list[dict]:
     from drmguard.attacks import make_attack
     from drmguard.experiments.attack_table import is_key, trigger_on_model
     from drmguard.experiments.identification import experiment_task
@@ -60,9 +61,10 @@ def measure(cache: str, profile: str, seeds: list[int], tasks: list[str]) -> lis
                              "variance_ratio": r["variance_ratio"],
                              "error_ratio": r["error_ratio"], "key": is_key(r),
                              "dpix": float((attack.apply(x) - x).abs().mean())})
-                print(f"{spec.label()} {label(name, opts)}: variance ratio "
-                      f"{r['variance_ratio']:.3f}, error ratio {r['error_ratio']:.3f}",
-                      file=sys.stderr, flush=True)
+                if not quiet:
+                    print(f"{spec.label()} {label(name, opts)}: variance ratio "
+                          f"{r['variance_ratio']:.3f}, error ratio {r['error_ratio']:.3f}",
+                          file=sys.stderr, flush=True)
     return rows
 
 
@@ -103,12 +105,13 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default="gaze,headpose")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results" / "dev"))
+    ap.add_argument("-q", "--quiet", action="store_true", help="no per-measurement lines")
     a = ap.parse_args(argv)
     from drmguard.experiments.results import provenance
 
     torch.set_num_threads(a.threads)
     seeds = [int(s) for s in a.seeds.split(",")]
-    rows = measure(a.cache, a.profile, seeds, a.tasks.split(","))
+    rows = measure(a.cache, a.profile, seeds, a.tasks.split(","), a.quiet)
     rec = {"provenance": provenance("python benchmarks/key_strengths.py " + " ".join(
         sys.argv[1:] if argv is None else argv)), "profile": a.profile, "seeds": seeds,
         "summary": summary(rows), "models": rows}

@@ -352,9 +352,9 @@ def test_attack_train_config_lengthens_wanet_in_the_cpu_profile():
 
 def test_profile_and_task_entries_win_over_the_profile_entries(monkeypatch):
     cls = ATTACKS.get("badnets")
-    monkeypatch.setattr(cls, "epoch_factor", {"cpu": 3.0, "cpu/headpose": 2.0})
-    monkeypatch.setattr(cls, "profile_defaults", {"cpu": {"rate": 0.3},
-                                                  "cpu/headpose": {"rate": 0.2}})
+    monkeypatch.setattr(cls, "epoch_factor", {"cpu": 3.0, ("cpu", "headpose"): 2.0})
+    monkeypatch.setattr(cls, "profile_defaults", {"cpu": {"rate": 0.3}})
+    monkeypatch.setattr(cls, "profile_task_defaults", {("cpu", "headpose"): {"rate": 0.2}})
     benign = get_profile("cpu").train_config("gaze", 0).epochs
     assert attack_train_config("badnets", "cpu", "gaze", 0).epochs == 3 * benign
     assert attack_train_config("badnets", "cpu", "headpose", 0).epochs == 2 * benign

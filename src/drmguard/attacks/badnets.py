@@ -63,7 +63,7 @@ class PatchAttack:
 class BadNets(PatchAttack, Attack):
     name = "badnets"
     defaults = {"rate": 0.1, "patch_size": None, "color": None, "margin": 0}
-    epoch_factor = {"cpu/headpose": 2.0}
+    epoch_factor = {("cpu", "headpose"): 2.0}
 
     def _validate(self) -> None:
         super()._validate()

@@ -118,10 +118,12 @@ class Attack:
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
-    # Both keyed by profile ("cpu") or by profile and task ("cpu/headpose"; it wins over the
-    # profile's entry): option overrides, and the multiplier of the benign schedule.
+    # Option overrides per profile, then per (profile, task) -- the defences' convention
+    # (``Defence.profile_task_defaults``) -- and the multiplier of the benign schedule, keyed by
+    # profile or by (profile, task) (which wins).
     profile_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
-    epoch_factor: ClassVar[dict[str, float]] = {}
+    profile_task_defaults: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {}
+    epoch_factor: ClassVar[dict[str | tuple[str, str], float]] = {}
     num_targets: ClassVar[int] = 1
     state_keys: ClassVar[tuple[str, ...]] = ()  # tensors ``load_state`` requires
     needs_divisible_by: ClassVar[int] = 1
@@ -159,16 +161,15 @@ class Attack:
     @classmethod
     def resolved_defaults(cls, profile: str, task: str) -> dict[str, Any]:
         """Every option's default for ``profile`` and ``task``: the attack's defaults, then the
-        profile's overrides, then the profile-and-task's."""
+        profile's overrides, then the (profile, task)'s."""
         return {**cls.defaults, **cls.profile_defaults.get(profile, {}),
-                **cls.profile_defaults.get(f"{profile}/{task}", {})}
+                **cls.profile_task_defaults.get((profile, task), {})}
 
     @classmethod
     def schedule_factor(cls, profile: str, task: str) -> float:
         """How many times the benign schedule this attack trains for on ``profile`` and
         ``task``."""
-        return float(cls.epoch_factor.get(f"{profile}/{task}",
-                                          cls.epoch_factor.get(profile, 1.0)))
+        return float(cls.epoch_factor.get((profile, task), cls.epoch_factor.get(profile, 1.0)))
 
     # --- to implement ------------------------------------------------------------------
     def _validate(self) -> None:

@@ -60,7 +60,7 @@ class CleanLabel(BadNets):
                 "group_rate": 0.1, "epsilon": None, "pgd_eps": 8 / 255, "pgd_step": 1.5 / 255,
                 "pgd_steps": 100, "surrogate_epochs": None, "relabel": True}
     profile_defaults = {"tiny": {"pgd_steps": 5}}
-    epoch_factor = {"cpu/headpose": 2.0}  # as BadNets: the same patch, learnt as slowly
+    epoch_factor = {("cpu", "headpose"): 2.0}  # as BadNets: the same patch, learnt as slowly
 
     def _validate(self) -> None:
         super()._validate()
