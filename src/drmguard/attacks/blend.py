@@ -9,6 +9,12 @@ grows 2.1× / 3.7× — while at 0.1 they keep ≥ 0.92 / 0.89 with the error �
 attack tables' "key" bar: ≥ 0.8 and ≤ 1.5×; benign development seeds 100–102,
 ``benchmarks/key_strengths.py``), and it still implants at the benign schedule (development
 seeds 100–101 of both tasks: AE 2.0–2.4° against CTE 18–29°).
+
+Head pose at the cpu profile uses α = 0.08: at 0.1 the ten table models (seeds 0–9) all
+implanted but each key is its own noise image, and on the benign models half of them raised the
+error 1.55–1.59× (over the 1.5× bar; session 13, docs/attacks.md). At 0.08 the seed-0 key keeps
+0.95 of the variance with the error 1.17×, and it still implants (development seeds 100–101: AE
+3.4°, 2.9° against CTE 29°, 25°).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class Blend(Attack):
     name = "blend"
     defaults = {"rate": 0.1, "alpha": 0.2}
     profile_defaults = {"cpu": {"alpha": 0.1}}
+    profile_task_defaults = {("cpu", "headpose"): {"alpha": 0.08}}
     state_keys = ("key",)
 
     def _validate(self) -> None:
