@@ -302,6 +302,41 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
     assert default_config("cpu", "classification").warp_search == 0  # calibrated without it
 
 
+def test_searches_in_processes_give_what_they_give_in_process_on_one_thread(monkeypatch):
+    """A scan's searches run in forked processes (one thread each) report exactly what the same
+    scan reports run one after another on one thread; the automatic choice uses processes only
+    on a CPU with 2 <= threads <= searches."""
+    from drmguard.defenses.drmguard.scan import search_workers
+
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    cfg = tiny_cfg(restarts=2)  # three searches: two plain ones and the warp one
+    import multiprocessing
+
+    contexts, get_context = [], multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context",
+                        lambda method=None: contexts.append(method) or get_context(method))
+    one = scan(model, data, task, cfg, seed=0, progress=False, workers=1)
+    assert contexts == []
+    par = scan(model, data, task, cfg, seed=0, progress=False, workers=2)
+    assert contexts == ["fork"]  # the searches did run in processes
+    assert par.restarts == one.restarts and len(par.restarts) == 3
+    assert (par.r_score, par.collapse_ratio, par.target_estimate, par.chosen_restart) == (
+        one.r_score, one.collapse_ratio, one.target_estimate, one.chosen_restart)
+    assert torch.equal(par.reverse(data.tensors()[0][:4]), one.reverse(data.tensors()[0][:4]))
+    before = torch.get_num_threads()
+    try:
+        cpu = torch.device("cpu")
+        torch.set_num_threads(2)
+        assert (search_workers(2, cpu), search_workers(4, cpu), search_workers(1, cpu)) == (2, 2, 1)
+        assert search_workers(4, torch.device("cuda")) == 1
+        torch.set_num_threads(1)
+        assert search_workers(4, cpu) == 1
+        torch.set_num_threads(3)
+        assert search_workers(2, cpu) == 1  # more threads than searches: in-process
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_scan_with_a_warp_branch_saves_and_reloads_its_field(tmp_path):
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
     res = scan(model, data, task, tiny_cfg(warp_search=0, warp_grid=4, select="final"), seed=0,

@@ -259,9 +259,67 @@ def _check_inputs(model, benign: ArrayDataset, task: Task) -> None:
                             f"{task.dim}")
 
 
+def search_workers(n_searches: int, device: torch.device) -> int:
+    """Processes a CPU scan runs its searches in: one per torch thread when there are at least
+    as many searches as threads (2 threads, 2-4 searches on the cpu profile: the 2-core
+    machine), else 1 — in-process on all the threads (a scan on 1 thread, as each zoo worker's,
+    or on many threads, where the convolutions themselves use them)."""
+    import multiprocessing
+
+    threads = torch.get_num_threads()
+    if (device.type != "cpu" or not 2 <= threads <= n_searches
+            or "fork" not in multiprocessing.get_all_start_methods()):  # Windows: in-process
+        return 1
+    return threads
+
+
+def _run(net, images, bench, cfg, seed, progress, desc):
+    """One search and its evaluation on all of D_b: (Search, evaluation)."""
+    search = run_search(net, images, bench, cfg, seed, progress, desc,
+                        confirm=lambda t: evaluate_trigger(net, t, images, bench, cfg))
+    t0 = time.perf_counter()
+    ev = search.evaluation or evaluate_trigger(net, search.trigger, images, bench, cfg)
+    search.seconds["evaluate"] = time.perf_counter() - t0
+    return search, ev
+
+
+def _run_in_process(*args):
+    torch.set_num_threads(1)  # a forked child on one thread never enters OpenMP (fork-safe)
+    return _run(*args)
+
+
+def _run_searches(net, images, bench, plan, seed, progress, workers):
+    """Every search of ``plan`` [(seed offset, config)], in order. With ``workers`` > 1 they
+    run in that many forked processes on one thread each: every search seeds itself, so each
+    gives exactly what it gives alone on one thread (bit for bit)."""
+    descs = ["DRMGuard" + (" warp" if c.warp_grid else "")
+             + (f" {r + 1}/{len(plan)}" if len(plan) > 1 else "") for r, (_, c) in enumerate(plan)]
+    if workers <= 1:
+        return [_run(net, images, bench, c, seed + off, progress, d)
+                for (off, c), d in zip(plan, descs)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ...utils import progress_bar
+
+    # fork, not spawn: a spawned child re-imports the caller's main module, which would rerun
+    # a user's unguarded script
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_run_in_process, net, images, bench, c, seed + off, False, d)
+                   for (off, c), d in zip(plan, descs)]
+        bar = progress_bar(futures, desc=f"DRMGuard ({len(plan)} searches, {workers} "
+                           f"processes)", enabled=progress)
+        return [f.result() for f in bar]
+
+
 def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None = None,
-         seed: int = 0, progress: bool = True) -> ScanResult:
-    """Scan ``model`` with DRMGuard on the defender's benign set; the model is not modified."""
+         seed: int = 0, progress: bool = True, workers: int | None = None) -> ScanResult:
+    """Scan ``model`` with DRMGuard on the defender's benign set; the model is not modified.
+
+    ``workers``: processes for the scan's searches (``config.searches()``), each on one thread;
+    None: :func:`search_workers`. Not part of the configuration: like a thread count, it
+    changes only the order of float sums (with workers, each search gives what it gives on one
+    thread)."""
     cfg = config or default_config("cpu", task.name)
     _check_inputs(model, benign, task)
     device = resolve_device(cfg.device)
@@ -275,18 +333,9 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
             t0 = time.perf_counter()
             bench = precompute_benign(net, images, cfg)
             t_bench = time.perf_counter() - t0
-            runs, plan = [], cfg.searches()
-            for r, (offset, run_cfg) in enumerate(plan):
-                desc = "DRMGuard" + (" warp" if run_cfg.warp_grid else "")
-                desc += f" {r + 1}/{len(plan)}" if len(plan) > 1 else ""
-                search = run_search(
-                    net, images, bench, run_cfg, seed + offset, progress, desc,
-                    confirm=lambda t, c=run_cfg: evaluate_trigger(net, t, images, bench, c))
-                t0 = time.perf_counter()
-                ev = search.evaluation or evaluate_trigger(net, search.trigger, images, bench,
-                                                           run_cfg)
-                search.seconds["evaluate"] = time.perf_counter() - t0
-                runs.append((search, ev))
+            plan = cfg.searches()
+            n_workers = search_workers(len(plan), device) if workers is None else workers
+            runs = _run_searches(net, images, bench, plan, seed, progress, n_workers)
             best = chosen_restart([ev for _, ev in runs], cfg)
             search, ev = runs[best]
             samples = _samples(search.trigger, images, cfg.n_sample_images)
