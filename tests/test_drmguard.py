@@ -306,12 +306,12 @@ def test_searches_in_processes_give_what_they_give_in_process_on_one_thread(monk
     """A scan's searches run in forked processes (one thread each) report exactly what the same
     scan reports run one after another on one thread; the automatic choice uses processes only
     on a CPU with 2 <= threads <= searches."""
+    import multiprocessing
+
     from drmguard.defenses.drmguard.scan import search_workers
 
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
     cfg = tiny_cfg(restarts=2)  # three searches: two plain ones and the warp one
-    import multiprocessing
-
     contexts, get_context = [], multiprocessing.get_context
     monkeypatch.setattr(multiprocessing, "get_context",
                         lambda method=None: contexts.append(method) or get_context(method))
