@@ -29,8 +29,10 @@ trigger function itself (``result.reverse(x)``), which mitigation fine-tunes aga
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -41,7 +43,7 @@ import torch
 from ...data.base import ArrayDataset
 from ...errors import DrmguardError, first_line
 from ...tasks import Task
-from ...utils import device_layout, resolve_device
+from ...utils import device_layout, progress_bar, resolve_device
 from .config import DRMGuardConfig, default_config
 from .identify import detection_score, evaluate_trigger, verdict
 from .outputs import view_for
@@ -264,8 +266,6 @@ def search_workers(n_searches: int, device: torch.device) -> int:
     as many searches as threads (2 threads, 2-4 searches on the cpu profile: the 2-core
     machine), else 1 — in-process on all the threads (a scan on 1 thread, as each zoo worker's,
     or on many threads, where the convolutions themselves use them)."""
-    import multiprocessing
-
     threads = torch.get_num_threads()
     if (device.type != "cpu" or not 2 <= threads <= n_searches
             or "fork" not in multiprocessing.get_all_start_methods()):  # Windows: in-process
@@ -283,9 +283,16 @@ def _run(net, images, bench, cfg, seed, progress, desc):
     return search, ev
 
 
-def _run_in_process(*args):
+_SHARED: dict = {}  # a search process's (net, images, bench), inherited at fork
+
+
+def _init_process(*shared) -> None:
     torch.set_num_threads(1)  # a forked child on one thread never enters OpenMP (fork-safe)
-    return _run(*args)
+    _SHARED["args"] = shared
+
+
+def _run_in_process(cfg, seed, desc):
+    return _run(*_SHARED["args"], cfg, seed, False, desc)
 
 
 def _run_searches(net, images, bench, plan, seed, progress, workers):
@@ -297,15 +304,12 @@ def _run_searches(net, images, bench, plan, seed, progress, workers):
     if workers <= 1:
         return [_run(net, images, bench, c, seed + off, progress, d)
                 for (off, c), d in zip(plan, descs)]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from ...utils import progress_bar
-
     # fork, not spawn: a spawned child re-imports the caller's main module, which would rerun
-    # a user's unguarded script
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [pool.submit(_run_in_process, net, images, bench, c, seed + off, False, d)
+    # a user's unguarded script; the model and D_b reach the children with the fork (initargs
+    # of a forked pool are not pickled), only each search's config goes with its task
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_init_process, initargs=(net, images, bench)) as pool:
+        futures = [pool.submit(_run_in_process, c, seed + off, d)
                    for (off, c), d in zip(plan, descs)]
         bar = progress_bar(futures, desc=f"DRMGuard ({len(plan)} searches, {workers} "
                            f"processes)", enabled=progress)
