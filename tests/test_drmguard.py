@@ -220,7 +220,8 @@ def test_mtr_keeps_the_warped_image_only_when_asked():
     # a mask that keeps everything leaves the warp alone when it passes through the MTR
     assert torch.equal(mtr.blend(torch.ones(1, 1, 16, 16), through, gen(x)), through)
     res = scan(tiny_model(), tiny_data(), get_task("gaze"),
-               tiny_cfg(warp_search=0, warp_grid=4, warp_through_mtr=True), seed=0, progress=False)
+               tiny_cfg(warp_search=0, pattern_search=False, warp_grid=4, warp_through_mtr=True),
+               seed=0, progress=False)
     assert res.status in ("backdoored", "benign", "no cheap trigger found")
 
 
@@ -277,12 +278,15 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
 
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
     cfg = tiny_cfg()
-    assert cfg.warp_search == 4  # the default of every regression profile
+    assert cfg.warp_search == 4 and cfg.pattern_search  # the defaults of every regression profile
     res = scan(model, data, task, cfg, seed=0, progress=False)
-    assert [(r["seed"], r["warp_grid"]) for r in res.restarts] == [(0, 0), (0, 4)]
-    plain = scan(model, data, task, tiny_cfg(warp_search=0), seed=0, progress=False)
+    assert [(r["seed"], r["warp_grid"], r["pattern_only"]) for r in res.restarts] == [
+        (0, 0, False), (0, 4, False), (0, 0, True)]
+    plain = scan(model, data, task, tiny_cfg(warp_search=0, pattern_search=False), seed=0,
+                 progress=False)
     warped = scan(model, data, task, tiny_cfg(warp_search=0, warp_grid=4, warp_only=True,
-                                              warp_through_mtr=True, static_pattern=False),
+                                              warp_through_mtr=True, static_pattern=False,
+                                              pattern_search=False),
                   seed=0, progress=False)
     assert res.restarts[0]["R"] == plain.r_score and res.restarts[1]["R"] == warped.r_score
     assert res.restarts[0]["collapse_ratio"] == plain.collapse_ratio
@@ -291,7 +295,7 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
          for r in res.restarts], cfg)
     assert res.r_score == res.restarts[res.chosen_restart]["R"]
     # a scan that reports the warp search: its trigger file holds the field and reloads
-    monkeypatch.setattr(scan_mod, "chosen_restart", lambda evs, c: len(evs) - 1)
+    monkeypatch.setattr(scan_mod, "chosen_restart", lambda evs, c: 1)
     res = scan(model, data, task, cfg, seed=0, progress=False)
     assert res.chosen_restart == 1 and res.r_score == warped.r_score
     back = ScanResult.load(res.save(tmp_path / "w.safetensors"))
@@ -299,7 +303,8 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
     assert torch.equal(back.reverse(x), res.reverse(x))
     assert back.trigger.cfg.warp_only and back.trigger.cfg.warp_through_mtr
     assert [k for k, _ in back.trigger.generator.named_parameters()] == ["flow"]
-    assert default_config("cpu", "classification").warp_search == 0  # calibrated without it
+    classifier = default_config("cpu", "classification")  # calibrated without either
+    assert classifier.warp_search == 0 and not classifier.pattern_search
 
 
 def test_searches_in_processes_give_what_they_give_in_process_on_one_thread(monkeypatch):
@@ -311,7 +316,7 @@ def test_searches_in_processes_give_what_they_give_in_process_on_one_thread(monk
     from drmguard.defenses.drmguard.scan import search_workers
 
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
-    cfg = tiny_cfg(restarts=2)  # three searches: two plain ones and the warp one
+    cfg = tiny_cfg(restarts=2)  # four searches: two plain ones, the warp and the pattern one
     contexts, get_context = [], multiprocessing.get_context
     monkeypatch.setattr(multiprocessing, "get_context",
                         lambda method=None: contexts.append(method) or get_context(method))
@@ -319,7 +324,7 @@ def test_searches_in_processes_give_what_they_give_in_process_on_one_thread(monk
     assert contexts == []
     par = scan(model, data, task, cfg, seed=0, progress=False, workers=2)
     assert contexts == ["fork"]  # the searches did run in processes
-    assert par.restarts == one.restarts and len(par.restarts) == 3
+    assert par.restarts == one.restarts and len(par.restarts) == 4
     assert (par.r_score, par.collapse_ratio, par.target_estimate, par.chosen_restart) == (
         one.r_score, one.collapse_ratio, one.target_estimate, one.chosen_restart)
     assert torch.equal(par.reverse(data.tensors()[0][:4]), one.reverse(data.tensors()[0][:4]))
@@ -339,12 +344,70 @@ def test_searches_in_processes_give_what_they_give_in_process_on_one_thread(monk
 
 def test_scan_with_a_warp_branch_saves_and_reloads_its_field(tmp_path):
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
-    res = scan(model, data, task, tiny_cfg(warp_search=0, warp_grid=4, select="final"), seed=0,
-               progress=False)
+    res = scan(model, data, task, tiny_cfg(warp_search=0, pattern_search=False, warp_grid=4,
+                                           select="final"), seed=0, progress=False)
     back = ScanResult.load(res.save(tmp_path / "w.safetensors"))
     x = torch.rand(3, 3, 16, 16)
     assert torch.equal(back.reverse(x), res.reverse(x))
     assert back.trigger.generator.flow.abs().sum() > 0  # the search moved the field
+
+
+def test_pattern_only_generator_is_one_universal_additive_pattern():
+    gen = TriggerGenerator("residual", 3, (16, 16), width=4, pattern_only=True)
+    assert [k for k, _ in gen.named_parameters()] == ["pattern"]  # no δ: nothing reads x
+    assert gen.exact_identity_at_init
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(gen(x), x)  # P = 0: the identity
+    with torch.no_grad():
+        gen.pattern[:, 0, -3:, -3:] = 3.0  # a red corner
+    out = gen(x)
+    assert torch.equal(out, (x + torch.tanh(gen.pattern)).clamp(0, 1))
+    assert torch.equal(out[:, :, :13], x[:, :, :13]) and (out[:, 0, -3:, -3:] > x[:, 0, -3:, -3:]).all()
+    for bad in (dict(warp_grid=4), dict(warp_grid=4, warp_only=True)):
+        with pytest.raises(DrmguardError, match="pattern-only|warp-only"):
+            TriggerGenerator("residual", 3, (16, 16), width=4, pattern_only=True, **bad)
+    with pytest.raises(DrmguardError, match="pattern-only"):
+        TriggerGenerator("ia", 3, (16, 16), width=4, pattern_only=True)
+    for bad in (dict(pattern_only=True, generator="ia"), dict(pattern_only=True, warp_grid=4)):
+        with pytest.raises(DrmguardError, match="pattern_only"):
+            DRMGuardConfig(**bad)
+    for bad in (dict(generator="ia"), dict(pattern_only=True)):
+        with pytest.raises(DrmguardError, match="pattern_search"):
+            DRMGuardConfig(pattern_search=True, warp_search=0, **bad)
+
+
+def test_pattern_search_runs_after_the_others_and_late_options_keep_old_keys(tmp_path):
+    """``pattern_search`` adds one search over P alone (after the plain and warp searches), run
+    exactly as it runs alone; a config that leaves the late options at their defaults has the
+    dict (and digest) it had before they existed."""
+    from drmguard.experiments.identification import reported_search
+
+    off = tiny_cfg(pattern_search=False)
+    assert "pattern_search" not in off.to_dict() and "pattern_only" not in off.to_dict()
+    assert DRMGuardConfig(**off.to_dict()) == off
+    on = tiny_cfg()  # the default of every regression profile
+    assert on.to_dict()["pattern_search"] is True and on.digest() != off.digest()
+    assert DRMGuardConfig(**on.to_dict()) == on
+    plan = on.searches()
+    assert [(o, c.warp_grid, c.pattern_only) for o, c in plan] == [(0, 0, False), (0, 4, False),
+                                                                   (0, 0, True)]
+    assert not any(c.pattern_search for _, c in plan)
+    model, data, task = tiny_model(), tiny_data(), get_task("gaze")
+    res = scan(model, data, task, on, seed=0, progress=False)
+    alone = scan(model, data, task, tiny_cfg(warp_search=0, pattern_search=False,
+                                             pattern_only=True, static_pattern=False),
+                 seed=0, progress=False)
+    assert [r["pattern_only"] for r in res.restarts] == [False, False, True]
+    assert res.restarts[2]["R"] == alone.r_score
+    assert res.restarts[2]["collapse_ratio"] == alone.collapse_ratio
+    back = ScanResult.load(alone.save(tmp_path / "p.safetensors"))
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.equal(back.reverse(x), alone.reverse(x))
+    assert [k for k, _ in back.trigger.generator.named_parameters()] == ["pattern"]
+    details = {"restarts": res.restarts, "chosen_restart": 2}
+    assert reported_search(details) == "pattern"
+    assert reported_search({**details, "chosen_restart": 1}) == "warp"
+    assert reported_search({**details, "chosen_restart": 0}) == "plain"
 
 
 def test_ia_generator_output_range_and_size_check():
@@ -618,7 +681,8 @@ def test_search_confirms_its_cheapest_collapse_on_all_of_the_benign_set():
     the cheapest is reported."""
     model, data = tiny_model(), tiny_data()
     # a threshold above 1: every checkpoint counts as collapsed, so there are several to try
-    cfg = tiny_cfg(warp_search=0, collapse_threshold=1.5, checkpoint_every=1, steps=8)
+    cfg = tiny_cfg(warp_search=0, pattern_search=False, collapse_threshold=1.5,
+                   checkpoint_every=1, steps=8)
     images = reverse.BenignImages(data.images, torch.device("cpu"))
 
     def run(accept_at):

@@ -229,12 +229,21 @@ def test_ablation_variants_offer_the_paper_state_and_the_warp_branch():
     got = {name: ov for name, ov, _ in variants("gaze", "tiny", ["select", "generator"])}
     assert got["report the final state"] == {"select": "final"}  # the default is cheapest_collapse
     assert "report the cheapest collapse state" not in got
-    # the default runs a plain and a warp search; the ablation takes them apart
-    assert got["plain search only (no warp search)"] == {"warp_search": 0}
+    # the default runs a plain, a warp and a pattern search; the ablation takes them apart
+    alone = {"warp_search": 0, "pattern_search": False}
+    assert got["plain search only (no warp, no pattern search)"] == alone
+    assert got["no warp search"] == {"warp_search": 0}
+    assert got["no pattern search"] == {"pattern_search": False}
     assert got["warp search only (a 4×4 field alone)"] == {
-        "warp_search": 0, "warp_grid": 4, "warp_only": True, "warp_through_mtr": True,
+        **alone, "warp_grid": 4, "warp_only": True, "warp_through_mtr": True,
         "static_pattern": False}
+    assert got["pattern search only (P alone)"] == {**alone, "pattern_only": True,
+                                                    "static_pattern": False}
     assert got["warp search from a zero field"] == {"warp_init": 0.0}
+    from drmguard.defenses.drmguard import default_config
+
+    for _, ov, _ in variants("gaze", "tiny", ["generator"]):  # every variant is a valid config
+        default_config("tiny", "gaze", **ov)
 
 
 def test_attack_table_tiny(tmp_path):
@@ -343,6 +352,10 @@ def test_identification_rows_name_the_search_a_scan_reported():
     assert reported_search({**two, "chosen_restart": 0}) == "plain"
     three = {"restarts": [{"warp_grid": 0}, {"warp_grid": 0}, {"warp_grid": 4}]}
     assert reported_search({**three, "chosen_restart": 1}) == "plain 2"
+    pattern = {"restarts": [{"warp_grid": 0}, {"warp_grid": 4}, {"warp_grid": 0,
+                                                                 "pattern_only": True}]}
+    assert reported_search({**pattern, "chosen_restart": 2}) == "pattern"
+    assert reported_search({**pattern, "chosen_restart": 0}) == "plain"
     assert reported_search({"score": 1.0}) is None  # a baseline's details
 
 

@@ -42,21 +42,33 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
     if "benign" in which:
         out += [(f"|D_b| = {n}", {}, n) for n in (100, 200, 400)]
     if "generator" in which:
-        out += [(f"generator = {g}", {"generator": g}, None)
+        # the ia generator has no residual form: no warp or pattern search beside it
+        out += [(f"generator = {g}", {"generator": g, **({"warp_search": 0,
+                                                           "pattern_search": False}
+                                                          if g == "ia" else {})}, None)
                 for g in ("residual", "unet", "ia") if g != base.generator]
         out.append((f"static pattern = {not base.static_pattern}",
                     {"static_pattern": not base.static_pattern}, None))
         k = base.warp_search or 4
-        if base.warp_search:  # the two searches apart
-            out.append(("plain search only (no warp search)", {"warp_search": 0}, None))
+        alone = {"warp_search": 0, "pattern_search": False}  # one search, no others beside it
+        if base.warp_search or base.pattern_search:  # the searches apart
+            out.append(("plain search only (no warp, no pattern search)", dict(alone), None))
+        if base.warp_search:
+            out.append(("no warp search", {"warp_search": 0}, None))
             out.append(("warp search from a zero field", {"warp_init": 0.0}, None))
+        if base.pattern_search:
+            out.append(("no pattern search", {"pattern_search": False}, None))
         out.append((f"warp search only (a {k}×{k} field alone)",
-                    {"warp_search": 0, "warp_grid": k, "warp_only": True,
-                     "warp_through_mtr": True, "static_pattern": False}, None))
+                    {**alone, "warp_grid": k, "warp_only": True, "warp_through_mtr": True,
+                     "static_pattern": False}, None))
+        out.append(("pattern search only (P alone)",
+                    {**alone, "pattern_only": True, "static_pattern": False}, None))
         out.append(("plain search with a warp branch through the MTR (session 9)",
-                    {"warp_search": 0, "warp_grid": k, "warp_through_mtr": True}, None))
+                    {**alone, "warp_grid": k, "warp_through_mtr": True}, None))
         if not base.warp_search:
             out.append((f"plain + warp search (warp_search = {k})", {"warp_search": k}, None))
+        if not base.pattern_search:
+            out.append(("plain + pattern search", {"pattern_search": True}, None))
     if "mtr_norm" in which:
         other = "max" if base.mtr_norm == "percentile" else "percentile"
         out.append((f"MTR normalisation = {other}", {"mtr_norm": other}, None))

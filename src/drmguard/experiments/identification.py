@@ -336,14 +336,17 @@ def format_counts(n) -> str:
 
 def reported_search(details: dict) -> str | None:
     """Which of a DRMGuard scan's searches it reports: ``plain``, ``warp`` (the warp search
-    of ``warp_search``), with its index when there are several plain ones; None for other
-    defences."""
+    of ``warp_search``), ``pattern`` (of ``pattern_search``), with its index when there are
+    several plain ones; None for other defences."""
     runs, i = details.get("restarts"), details.get("chosen_restart")
     if not runs or i is None:
         return None
-    kind = "warp" if runs[i].get("warp_grid") else "plain"
-    plain = sum(1 for r in runs if not r.get("warp_grid"))
-    return kind if kind == "warp" or plain == 1 else f"plain {i + 1}"
+
+    def kind(r):
+        return "warp" if r.get("warp_grid") else "pattern" if r.get("pattern_only") else "plain"
+
+    plain = sum(1 for r in runs if kind(r) == "plain")
+    return kind(runs[i]) if kind(runs[i]) != "plain" or plain == 1 else f"plain {i + 1}"
 
 
 def to_markdown(rec: dict) -> str:

@@ -24,6 +24,10 @@ the identity warp (so φ = 0 gives G(x) = x exactly). A smooth warp — WaNet's 
 k·k·2 numbers away, instead of a per-pixel change the encoder-decoder must synthesise.
 ``warp_only`` keeps the warp branch alone (G(x) = clip(W_φ(x) − W_0(x) + x, 0, 1): no δ, no P);
 ``warp_init`` > 0 starts the field at random (standard deviation in pixels) instead of zero.
+
+``pattern_only`` [ours] keeps the learned offset P alone: G(x) = clip(x + tanh(P), 0, 1), one
+input-independent additive pattern and nothing that reads the image — a universal trigger such
+as a patch, with no way to make image-by-image (adversarial) changes.
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ class TriggerGenerator(nn.Module):
 
     def __init__(self, kind: str, channels: int, size: tuple[int, int], width: int = 32,
                  norm: str = "batch", static_pattern: bool = False, warp_grid: int = 0,
-                 warp_only: bool = False, warp_init: float = 0.0):
+                 warp_only: bool = False, warp_init: float = 0.0, pattern_only: bool = False):
         super().__init__()
         h, w = int(size[0]), int(size[1])
         if h % 8 or w % 8:
@@ -131,7 +135,12 @@ class TriggerGenerator(nn.Module):
         self.warp_init = float(warp_init)
         if warp_only and not warp_grid:
             raise DrmguardError("a warp-only generator needs a warp branch (warp_grid >= 2)")
-        if warp_only:  # the warp branch alone: no δ, no P
+        if warp_only and pattern_only:
+            raise DrmguardError("a generator is warp-only or pattern-only, not both")
+        if pattern_only and (kind == "ia" or warp_grid):
+            raise DrmguardError("a pattern-only generator needs the residual or unet generator "
+                                "and no warp branch")
+        if warp_only or pattern_only:  # the warp branch alone (no δ, no P), or P alone
             self.body = None
         elif kind == "ia":
             self.body = EncoderDecoder(channels, width, norm, zero_last=False)
@@ -140,7 +149,7 @@ class TriggerGenerator(nn.Module):
         else:
             self.body = UNet(channels, width, norm)
         self.pattern = (nn.Parameter(torch.zeros(1, channels, h, w))
-                        if static_pattern and not warp_only else None)
+                        if (static_pattern or pattern_only) and not warp_only else None)
         self.flow = None
         if warp_grid:
             if kind == "ia" or not 2 <= int(warp_grid) <= min(h, w):
@@ -168,9 +177,10 @@ class TriggerGenerator(nn.Module):
         if x.shape[1:] != (self.channels, *self.size):
             raise DrmguardError(f"generator built for {self.channels}×{self.size[0]}×"
                                 f"{self.size[1]} images, got {tuple(x.shape[1:])}")
-        if self.body is None:  # warp only
+        if self.body is None:  # warp only, or pattern only (no warp: base is x)
             base = self.warped(x)
-            return base, base.clamp(0.0, 1.0)
+            out = base if self.pattern is None else base + torch.tanh(self.pattern)
+            return base, out.clamp(0.0, 1.0)
         z = self.body(x * 2.0 - 1.0)
         if self.pattern is not None:
             z = z + self.pattern
@@ -193,7 +203,7 @@ def build_generator(cfg, channels: int, size: tuple[int, int]) -> TriggerGenerat
     return TriggerGenerator(cfg.generator, channels, size, width=cfg.gen_width,
                             norm=cfg.gen_norm, static_pattern=cfg.static_pattern,
                             warp_grid=cfg.warp_grid, warp_only=cfg.warp_only,
-                            warp_init=cfg.warp_init)
+                            warp_init=cfg.warp_init, pattern_only=cfg.pattern_only)
 
 
 def pretrain_identity(gen: TriggerGenerator, sample: Callable[[], torch.Tensor], steps: int,

@@ -15,9 +15,10 @@ trigger function itself (``result.reverse(x)``), which mitigation fine-tunes aga
     rav, rnv, r_floor, mean_abs_change_per_pixel,
     objective {loss, output, l1, rf}          (final terms over all of D_b)
     trajectory [{step, estimate [K]}]         (target estimate during the chosen search)
-    restarts [{seed, warp_grid, R, collapse_ratio, objective, pretrain_error, r_floor,
-               chosen_step}]                  (every search: config.restarts plain ones, then
-                                              the warp search if config.warp_search)
+    restarts [{seed, warp_grid, pattern_only, R, collapse_ratio, objective, pretrain_error,
+               r_floor, chosen_step}]         (every search: config.restarts plain ones, then
+                                              the warp search if config.warp_search, then the
+                                              pattern search if config.pattern_search)
     chosen_restart, residual_scale, timings {seconds...}, config {DRMGuardConfig}
     checkpoints [{step, R, collapse_ratio, objective, output, l1, rf, estimate [K]}]
                                               (the chosen search's states on the held-out part
@@ -179,7 +180,7 @@ class ScanResult:
                                 f"{meta.get('format')!r}, expected {TRIGGER_FORMAT!r})")
         try:
             record = json.loads(meta["scan"])
-            # the trigger is the chosen search's (plain or warp; config.searches())
+            # the trigger is the chosen search's (plain, warp or pattern; config.searches())
             cfg = DRMGuardConfig(**record["config"]).searches()[record.get("chosen_restart", 0)][1]
             channels, size = int(meta["channels"]), tuple(json.loads(meta["size"]))
         except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -299,7 +300,7 @@ def _run_searches(net, images, bench, plan, seed, progress, workers):
     """Every search of ``plan`` [(seed offset, config)], in order. With ``workers`` > 1 they
     run in that many forked processes on one thread each: every search seeds itself, so each
     gives exactly what it gives alone on one thread (bit for bit)."""
-    descs = ["DRMGuard" + (" warp" if c.warp_grid else "")
+    descs = ["DRMGuard" + (" warp" if c.warp_grid else " pattern" if c.pattern_only else "")
              + (f" {r + 1}/{len(plan)}" if len(plan) > 1 else "") for r, (_, c) in enumerate(plan)]
     if workers <= 1:
         return [_run(net, images, bench, c, seed + off, progress, d)
@@ -355,6 +356,7 @@ def scan(model, benign: ArrayDataset, task: Task, config: DRMGuardConfig | None 
     if task.is_classification:  # the estimated target class: argmax of the mean softmax
         metrics["target_class"] = int(np.argmax(ev["target_estimate"]))
     restarts = [{"seed": s.seed, "warp_grid": s.trigger.cfg.warp_grid,
+                 "pattern_only": s.trigger.cfg.pattern_only,
                  "R": e["R"], "collapse_ratio": e["collapse_ratio"],
                  "objective": e["objective"]["loss"], "pretrain_error": s.pretrain_error,
                  "r_floor": s.r_floor, "chosen_step": s.chosen_step} for s, e in runs]
