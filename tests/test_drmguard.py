@@ -278,10 +278,10 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
 
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
     cfg = tiny_cfg()
-    assert cfg.warp_search == 4 and cfg.pattern_search  # the defaults of every regression profile
+    assert cfg.warp_search == 4 and not cfg.pattern_search  # every regression profile's
     res = scan(model, data, task, cfg, seed=0, progress=False)
     assert [(r["seed"], r["warp_grid"], r["pattern_only"]) for r in res.restarts] == [
-        (0, 0, False), (0, 4, False), (0, 0, True)]
+        (0, 0, False), (0, 4, False)]
     plain = scan(model, data, task, tiny_cfg(warp_search=0, pattern_search=False), seed=0,
                  progress=False)
     warped = scan(model, data, task, tiny_cfg(warp_search=0, warp_grid=4, warp_only=True,
@@ -295,7 +295,7 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
          for r in res.restarts], cfg)
     assert res.r_score == res.restarts[res.chosen_restart]["R"]
     # a scan that reports the warp search: its trigger file holds the field and reloads
-    monkeypatch.setattr(scan_mod, "chosen_restart", lambda evs, c: 1)
+    monkeypatch.setattr(scan_mod, "chosen_restart", lambda evs, c: len(evs) - 1)
     res = scan(model, data, task, cfg, seed=0, progress=False)
     assert res.chosen_restart == 1 and res.r_score == warped.r_score
     back = ScanResult.load(res.save(tmp_path / "w.safetensors"))
@@ -303,8 +303,7 @@ def test_warp_search_runs_beside_the_plain_one_and_the_scan_reports_either(tmp_p
     assert torch.equal(back.reverse(x), res.reverse(x))
     assert back.trigger.cfg.warp_only and back.trigger.cfg.warp_through_mtr
     assert [k for k, _ in back.trigger.generator.named_parameters()] == ["flow"]
-    classifier = default_config("cpu", "classification")  # calibrated without either
-    assert classifier.warp_search == 0 and not classifier.pattern_search
+    assert default_config("cpu", "classification").warp_search == 0  # calibrated without it
 
 
 def test_searches_in_processes_give_what_they_give_in_process_on_one_thread(monkeypatch):
@@ -316,7 +315,7 @@ def test_searches_in_processes_give_what_they_give_in_process_on_one_thread(monk
     from drmguard.defenses.drmguard.scan import search_workers
 
     model, data, task = tiny_model(), tiny_data(), get_task("gaze")
-    cfg = tiny_cfg(restarts=2)  # four searches: two plain ones, the warp and the pattern one
+    cfg = tiny_cfg(restarts=2, pattern_search=True)  # two plain, the warp and the pattern one
     contexts, get_context = [], multiprocessing.get_context
     monkeypatch.setattr(multiprocessing, "get_context",
                         lambda method=None: contexts.append(method) or get_context(method))
@@ -382,10 +381,10 @@ def test_pattern_search_runs_after_the_others_and_late_options_keep_old_keys(tmp
     dict (and digest) it had before they existed."""
     from drmguard.experiments.identification import reported_search
 
-    off = tiny_cfg(pattern_search=False)
+    off = tiny_cfg()  # the default: no pattern search
     assert "pattern_search" not in off.to_dict() and "pattern_only" not in off.to_dict()
     assert DRMGuardConfig(**off.to_dict()) == off
-    on = tiny_cfg()  # the default of every regression profile
+    on = tiny_cfg(pattern_search=True)
     assert on.to_dict()["pattern_search"] is True and on.digest() != off.digest()
     assert DRMGuardConfig(**on.to_dict()) == on
     plan = on.searches()

@@ -229,11 +229,13 @@ def test_ablation_variants_offer_the_paper_state_and_the_warp_branch():
     got = {name: ov for name, ov, _ in variants("gaze", "tiny", ["select", "generator"])}
     assert got["report the final state"] == {"select": "final"}  # the default is cheapest_collapse
     assert "report the cheapest collapse state" not in got
-    # the default runs a plain, a warp and a pattern search; the ablation takes them apart
+    # the default runs a plain and a warp search; the ablation takes them apart, and adds the
+    # pattern search (an option) beside them or alone
     alone = {"warp_search": 0, "pattern_search": False}
     assert got["plain search only (no warp, no pattern search)"] == alone
     assert got["no warp search"] == {"warp_search": 0}
-    assert got["no pattern search"] == {"pattern_search": False}
+    assert got["plain + pattern search"] == {"pattern_search": True}
+    assert "no pattern search" not in got
     assert got["warp search only (a 4×4 field alone)"] == {
         **alone, "warp_grid": 4, "warp_only": True, "warp_through_mtr": True,
         "static_pattern": False}
