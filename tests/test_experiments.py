@@ -297,9 +297,11 @@ def test_attack_table_tiny(tmp_path):
     assert len(keys) == 8
     stamps = [k.stat().st_mtime_ns for k in keys]
     again = run("gaze", "tiny", attacks, n_seeds=2, n_benign=2, out_dir=str(out),
-                progress=False, cache_dir=cache)
+                progress=False, cache_dir=cache, name="attacks-gaze-tiny-again")
     assert again["summary"] == rec["summary"]
     assert [k.stat().st_mtime_ns for k in keys] == stamps  # the pairs came from the cache
+    assert json.loads((out / "attacks-gaze-tiny-again.json").read_text())["summary"] == \
+        rec["summary"]  # written under the name given
 
 
 def test_key_column_tells_a_key_from_damage(tmp_path):

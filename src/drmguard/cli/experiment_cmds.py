@@ -107,6 +107,7 @@ def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                 seeds: int = typer.Option(10, "--seeds", help="Backdoored models per attack."),
                 benign: int = typer.Option(3, help="Benign models each attack's triggers are "
                                                    "tried on (key, not damage)."),
+                name: str = typer.Option(None, help="Result file name."),
                 first_seed: int = _first_seed_opt(0), plan: bool = PlanOpt,
                 rescan: bool = RescanOpt, cache: str = CacheOpt, out: str = OutOpt,
                 quiet: bool = QuietOpt, executor=None):
@@ -125,13 +126,13 @@ def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
         return
     rec = run(task, profile=profile, attacks=names, n_seeds=seeds, n_benign=benign,
               first_seed=first_seed, out_dir=out, progress=not quiet, cache_dir=cache,
-              command=_command(), rescan=rescan, executor=executor)
+              command=_command(), rescan=rescan, executor=executor, name=name)
     for s in rec["summary"]:
         typer.echo(f"{s['attack']:>12}: implanted {s['implanted']}/{s['n']}  "
                    f"key {'yes' if s['key'] else 'no'} (var ratio ≥ "
                    f"{s['key_min_variance_ratio']:.2f}, error ratio ≤ "
                    f"{s['key_max_error_ratio']:.2f})")
-    typer.echo(f"wrote {out}/attacks-{task}-{profile}.md")
+    typer.echo(f"wrote {out}/{name or f'attacks-{task}-{profile}'}.md")
 
 
 def _auc(v) -> str:

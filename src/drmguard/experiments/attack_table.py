@@ -187,8 +187,9 @@ def summarise(models: list[dict], names: list[str]) -> list[dict]:
 def run(task: str, profile: str = "cpu", attacks: list[str] | None = None,
         n_seeds: int = DEFAULT_SEEDS, n_benign: int = DEFAULT_BENIGN, first_seed: int = 0,
         out_dir: str = "results", progress: bool = True, cache_dir: str | None = None,
-        command: str = "", rescan: bool = False, executor=None) -> dict:
-    """Train (or load from the zoo cache) and measure; write results/attacks-<task>-<profile>.
+        command: str = "", rescan: bool = False, executor=None, name: str | None = None) -> dict:
+    """Train (or load from the zoo cache) and measure; write ``out_dir``/``name`` (default
+    attacks-<task>-<profile>) .md and .json.
     ``rescan`` recomputes cached runs other code made (see :class:`Zoo`); an
     :class:`~.executor.Executor` computes the zoo and its runs in parallel first."""
     _check(n_seeds, n_benign)
@@ -234,7 +235,7 @@ def run(task: str, profile: str = "cpu", attacks: list[str] | None = None,
               "error_units": t.error_units,
               "mean_predictor_error": mean_predictor_error(splits.train, splits.test, t),
               "summary": summarise(models, names), "models": models}
-    write_results(out_dir, f"attacks-{task}-{profile}", record, to_markdown(record))
+    write_results(out_dir, name or f"attacks-{task}-{profile}", record, to_markdown(record))
     return record
 
 
