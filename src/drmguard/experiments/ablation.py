@@ -53,11 +53,11 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
         alone = {"warp_search": 0, "pattern_search": False}  # one search, no others beside it
         if base.warp_search or base.pattern_search:  # the searches apart
             out.append(("plain search only (no warp, no pattern search)", dict(alone), None))
-        if base.warp_search:
+        if base.warp_search and base.pattern_search:  # one of the two left out
             out.append(("no warp search", {"warp_search": 0}, None))
-            out.append(("warp search from a zero field", {"warp_init": 0.0}, None))
-        if base.pattern_search:
             out.append(("no pattern search", {"pattern_search": False}, None))
+        if base.warp_search:
+            out.append(("warp search from a zero field", {"warp_init": 0.0}, None))
         out.append((f"warp search only (a {k}×{k} field alone)",
                     {**alone, "warp_grid": k, "warp_only": True, "warp_through_mtr": True,
                      "static_pattern": False}, None))
