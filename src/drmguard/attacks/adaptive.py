@@ -5,8 +5,9 @@ Training loss = L1 + λ_adp · |RAV_batch − 1|, where RAV_batch = mean_k Var(�
 poisoned part of the batch / Var(θ_k) over its clean part (differentiable angles, see
 :func:`drmguard.metrics.rav_from_angles`), λ_adp = 0.02. The base attack (WaNet by default,
 any attack with per-batch poisoning by option ``base``) supplies the trigger and the per-batch
-poisoning; its options go in ``base_options``. WaNet's noise samples count neither as poisoned
-nor as clean. A batch with fewer than two poisoned or two clean samples adds no term.
+poisoning; its options go in ``base_options``. On the cpu profile's head-pose task λ_adp = 2.0
+(its loss is in degrees; see ``profile_task_defaults``). WaNet's noise samples count neither as
+poisoned nor as clean. A batch with fewer than two poisoned or two clean samples adds no term.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class Adaptive(Attack):
     name = "adaptive"
     defaults = {"base": "wanet", "base_options": {}, "lambda_adp": 0.02,
                 "aggregation": "mean_of_ratios"}
+    # Head pose at the cpu profile [ours]: its L1 loss is in degrees (gaze's in radians), and
+    # 0.02 — or 1.15, the same weight per radian — leaves the RAV term inert (development seed
+    # 100: training |RAV − 1| stayed 0.993, RAV 0.015); 2.0 makes it act and the backdoor still
+    # implants (development seeds 100 / 101: RAV 0.97 / 0.88, AE 2.9° / 3.5° against CTE 29° /
+    # 24°); 4.0 breaks it (AE 10°). docs/attacks.md, session 14.
+    profile_task_defaults = {("cpu", "headpose"): {"lambda_adp": 2.0}}
     epoch_factor = {"cpu": 2.0}  # as WaNet, the default base
 
     def _validate(self) -> None:
