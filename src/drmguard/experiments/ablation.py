@@ -42,15 +42,14 @@ def variants(task: str, profile: str, which: list[str]) -> list[tuple[str, dict,
     if "benign" in which:
         out += [(f"|D_b| = {n}", {}, n) for n in (100, 200, 400)]
     if "generator" in which:
-        # the ia generator has no residual form: no warp or pattern search beside it
-        out += [(f"generator = {g}", {"generator": g, **({"warp_search": 0,
-                                                           "pattern_search": False}
-                                                          if g == "ia" else {})}, None)
-                for g in ("residual", "unet", "ia") if g != base.generator]
+        alone = {"warp_search": 0, "pattern_search": False}  # one search, no others beside it
+        for g in ("residual", "unet", "ia"):
+            if g != base.generator:  # the ia generator has no residual form: it runs alone
+                out.append((f"generator = {g}", {"generator": g, **(alone if g == "ia" else {})},
+                            None))
         out.append((f"static pattern = {not base.static_pattern}",
                     {"static_pattern": not base.static_pattern}, None))
         k = base.warp_search or 4
-        alone = {"warp_search": 0, "pattern_search": False}  # one search, no others beside it
         if base.warp_search or base.pattern_search:  # the searches apart
             out.append(("plain search only (no warp, no pattern search)", dict(alone), None))
         if base.warp_search and base.pattern_search:  # one of the two left out
