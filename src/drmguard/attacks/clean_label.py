@@ -3,8 +3,8 @@
 1. Target group: the training samples whose labels are within ε of y_t (ε in the task's error
    units: degrees of angle for gaze, mean absolute degrees for head pose). ε is not given in
    the paper; by default it is the distance of the ``group_rate``·N-th nearest label
-   (``group_rate`` = 0.1), so the group holds 10% of the training set whatever the label spread
-   — big enough to implant the trigger. The ε actually used is recorded in the config.
+   (``group_rate`` = 0.1; 0.3 on the cpu profile), so the group holds that share of the training
+   set whatever the label spread. The ε actually used is recorded in the config.
 2. A surrogate regressor (the same architecture) is trained briefly on the clean training set;
    untargeted ℓ∞ PGD (ε = 8/255, step 1.5/255, 100 steps, no random start) maximises its L1
    loss on a random half of the group, making those images hard to learn from their content.
@@ -59,8 +59,16 @@ class CleanLabel(BadNets):
     defaults = {**{k: v for k, v in BadNets.defaults.items() if k != "rate"},
                 "group_rate": 0.1, "epsilon": None, "pgd_eps": 8 / 255, "pgd_step": 1.5 / 255,
                 "pgd_steps": 100, "surrogate_epochs": None, "relabel": True}
-    profile_defaults = {"tiny": {"pgd_steps": 5}}
-    epoch_factor = {("cpu", "headpose"): 2.0}  # as BadNets: the same patch, learnt as slowly
+    # cpu profile [ours]: a target group of 30 % of the training set (ε ≈ 14° on synthetic
+    # gaze, 19–23° mean absolute on head pose). At 10 % the group's own content predicts labels
+    # near y_t and the patch is not learnt (development seeds: AE 6–9°, not implanted); at 30 %
+    # it is (gaze 100 / 101: AE 2.1° / 2.9° at 20 epochs; head pose 100 / 101 at 60 epochs).
+    # The price: labels move by up to ε when relabelled to y_t, so the poison is less
+    # label-consistent than the paper's. Head pose learns the patch slowly: 40 epochs (BadNets')
+    # left development seed 101 at AE 6.7° against a bar of 6.1°; 60 implant it.
+    # docs/attacks.md, sessions 14–15.
+    profile_defaults = {"tiny": {"pgd_steps": 5}, "cpu": {"group_rate": 0.3}}
+    epoch_factor = {("cpu", "headpose"): 3.0}
 
     def _validate(self) -> None:
         super()._validate()
