@@ -61,7 +61,7 @@ class CleanLabel(BadNets):
                 "pgd_steps": 100, "surrogate_epochs": None, "relabel": True}
     # cpu profile [ours]: a target group of 30 % of the training set (ε ≈ 14° on synthetic
     # gaze, 19–23° mean absolute on head pose). At 10 % the group's own content predicts labels
-    # near y_t and the patch is not learnt (development seeds: AE 6–9°, not implanted); at 30 %
+    # near y_t and the patch is not learnt (gaze development seed 100: AE 6–7°); at 30 %
     # it is (gaze 100 / 101: AE 2.1° / 2.9° at 20 epochs; head pose 100 / 101 at 60 epochs).
     # The price: labels move by up to ε when relabelled to y_t, so the poison is less
     # label-consistent than the paper's. Head pose learns the patch slowly: 40 epochs (BadNets')
