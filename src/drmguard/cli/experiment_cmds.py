@@ -113,7 +113,7 @@ def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                 quiet: bool = QuietOpt, executor=None):
     """Attacks over seeds: implanted k/N, RE/AE/DAE (Table 10), RNV/RAV (Table 1), and whether
     each trigger is a key (benign models keep working under it)."""
-    from ..experiments.attack_table import DEFAULT_ATTACKS, plan_attacks, run
+    from ..experiments.attack_table import DEFAULT_ATTACKS, plan_attacks, result_name, run
 
     _check_task(task)
     _check_counts(seeds=seeds, benign=benign)
@@ -132,7 +132,7 @@ def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                    f"key {'yes' if s['key'] else 'no'} (var ratio ≥ "
                    f"{s['key_min_variance_ratio']:.2f}, error ratio ≤ "
                    f"{s['key_max_error_ratio']:.2f})")
-    typer.echo(f"wrote {out}/{name or f'attacks-{task}-{profile}'}.md")
+    typer.echo(f"wrote {out}/{result_name(task, profile, name)}.md")
 
 
 def _auc(v) -> str:

@@ -184,6 +184,11 @@ def summarise(models: list[dict], names: list[str]) -> list[dict]:
     return out
 
 
+def result_name(task: str, profile: str, name: str | None = None) -> str:
+    """The results file stem ``run`` writes: ``name``, else attacks-<task>-<profile>."""
+    return name or f"attacks-{task}-{profile}"
+
+
 def run(task: str, profile: str = "cpu", attacks: list[str] | None = None,
         n_seeds: int = DEFAULT_SEEDS, n_benign: int = DEFAULT_BENIGN, first_seed: int = 0,
         out_dir: str = "results", progress: bool = True, cache_dir: str | None = None,
@@ -235,7 +240,7 @@ def run(task: str, profile: str = "cpu", attacks: list[str] | None = None,
               "error_units": t.error_units,
               "mean_predictor_error": mean_predictor_error(splits.train, splits.test, t),
               "summary": summarise(models, names), "models": models}
-    write_results(out_dir, name or f"attacks-{task}-{profile}", record, to_markdown(record))
+    write_results(out_dir, result_name(task, profile, name), record, to_markdown(record))
     return record
 
 
