@@ -391,3 +391,54 @@ def test_stability_counts_the_verdicts_that_flip(tmp_path):
     fake = [{"models": [{"model": "a", "attack": None, "defense": "drmguard", "flagged": v,
                          "score": 0.0}]} for v in (False, True, False)]
     assert stability.flips(fake)[0]["flips"] == 1
+
+
+def test_architectures_summary_counts_implanted_models_only():
+    """The summary's mitigation means skip the models whose attack did not implant and list
+    them; the identification counts come from the architecture's own summary."""
+    from drmguard.experiments.architectures import summary_rows, to_markdown
+
+    ident = {"summary": [{"attack": "badnets", "TP": 1, "FP": 0, "FN": 0, "TN": 1,
+                          "accuracy": 1.0, "roc_auc": 1.0, "not_implanted": 1,
+                          "target_error_mean": 2.0}],
+             "models": [{"model": "gaze/benign/seed0", "implanted": None},
+                        {"model": "gaze/badnets/seed0", "implanted": True},
+                        {"model": "gaze/badnets/seed1", "implanted": False}]}
+    mit = {"models": [{"model": f"gaze/badnets/seed{s}", "attack": "badnets", "method": m,
+                       "RE": 3.0, "AE": ae, "DAE": dae}
+                      for s, m, ae, dae in ((0, "undefended", 1.0, 20.0),
+                                            (0, "drmguard", 15.0, 4.0),
+                                            (1, "undefended", 12.0, 9.0),
+                                            (1, "drmguard", 13.0, 8.0))]}
+    (row,) = summary_rows("mobilenet_v1", ident, mit)
+    assert (row["TP"], row["TN"], row["not_implanted"]) == (1, 1, 1)
+    assert (row["DAE_before"], row["DAE_after"], row["AE_after"]) == (20.0, 4.0, 15.0)
+    assert row["left_out"] == ["gaze/badnets/seed1"]
+    md = to_markdown({"task": "gaze", "profile": "tiny", "n_benign": 1, "n_backdoored": 2,
+                      "summary": [row]})
+    assert "| mobilenet_v1 | badnets | 1 | 0 | 0 | 1 | 1.00 | 1.00 | 2.0 |" in md
+    assert md.rstrip().endswith("| seed1 |")
+
+
+def test_architectures_command_tiny(tmp_path, capsys):
+    """One architecture end to end: its own tables, the summary row, and a bad name refused
+    before anything is trained."""
+    from drmguard.cli import main
+
+    cache, out = tmp_path / "cache", tmp_path / "results"
+    args = ["experiment", "architectures", "--profile", "tiny", "--benign", "1",
+            "--backdoored", "1", "--attacks", "badnets", "--cache", str(cache), "--out", str(out),
+            "-q"]
+    assert main([*args, "--archs", "mobilenet_v1,resnet99"]) == 2
+    assert "unknown architecture 'resnet99'" in capsys.readouterr().err
+    assert not (cache / "models").exists() or not any((cache / "models").iterdir())
+    assert main([*args, "--archs", "small_resnet"]) == 0
+    assert f"wrote {out}/architectures-gaze-tiny.md" in capsys.readouterr().out
+    rec = json.loads((out / "architectures-gaze-tiny.json").read_text())
+    (row,) = rec["summary"]
+    assert (row["arch"], row["attack"]) == ("small_resnet", "badnets")
+    assert row["TP"] + row["FP"] + row["FN"] + row["TN"] + row["not_implanted"] == 2
+    assert (out / "identification-gaze-tiny-small_resnet.md").exists()
+    assert (out / "mitigation-gaze-tiny-small_resnet.md").exists()
+    assert main([*args, "--archs", "small_resnet", "--plan"]) == 0
+    assert "to do: 0 models" in capsys.readouterr().out

@@ -165,7 +165,7 @@ def test_executor_work_stages_and_threads():
     (["ablation", "--attacks", "badnets", "--benign", "1", "--backdoored", "1", "--groups",
       "mtr"], 2, 3 + 2 * 2),
     # per architecture: identification (2 models) and mitigation (the backdoored one)
-    (["architectures", "--archs", "small_resnet,mobilenet_v1", "--attack", "badnets",
+    (["architectures", "--archs", "small_resnet,mobilenet_v1", "--attacks", "badnets",
       "--benign", "1", "--backdoored", "1"], 4, 2 * (3 + 2 + 1)),
     # the reference and three variants (seeds 1, 2 at 1 thread; seed 0 at 2 threads) scan the
     # same two models; the attack metrics and the trigger's cost are the same runs each time

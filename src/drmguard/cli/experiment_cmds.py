@@ -323,31 +323,38 @@ def _ints(text: str, what: str, least: int) -> list[int]:
 @exp_app.command("architectures")
 @parallel
 def architectures_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
-                      archs: str = typer.Option("resnet18,resnet34,mobilenet_v1"),
-                      attack: str = typer.Option("wanet"),
-                      benign: int = typer.Option(5), backdoored: int = typer.Option(5),
-                      cache: str = CacheOpt, out: str = OutOpt, quiet: bool = QuietOpt,
-                      executor=None):
-    """Identification and mitigation per architecture (Tables 12–13)."""
-    from ..experiments.executor import Work
-    from ..experiments.identification import identification_work, run_identification
-    from ..experiments.mitigation import mitigation_work, run_mitigation
-    from ..experiments.zoo import Zoo
+                      archs: str = typer.Option("resnet34,mobilenet_v1",
+                                                help="Comma-separated architectures."),
+                      attacks: str = typer.Option("badnets,wanet",
+                                                  help="Comma-separated attacks."),
+                      benign: int = typer.Option(5, help="Benign models per architecture."),
+                      backdoored: int = typer.Option(5, help="Backdoored models per attack "
+                                                             "and architecture."),
+                      plan: bool = PlanOpt, cache: str = CacheOpt, out: str = OutOpt,
+                      quiet: bool = QuietOpt, executor=None):
+    """Identification and DRMGuard's mitigation per architecture (Tables 12–13): each
+    architecture's own tables and the summary architectures-<task>-<profile>."""
+    from ..experiments.architectures import plan_architectures, result_name, run_architectures
 
     _check_task(task)
     _check_counts(benign=benign, backdoored=backdoored)
-    if executor is not None:  # every architecture's zoo in one go
-        executor.run(Zoo(cache, not quiet), sum(
-            (identification_work(task, [attack], benign, backdoored, profile, arch=a)
-             + mitigation_work(task, [attack], backdoored, profile, arch=a)
-             for a in _list(archs, "--archs")), Work()))
-    for a in _list(archs, "--archs"):
-        rec = run_identification(task, [attack], benign, backdoored, profile, ["drmguard"],
-                                 cache, out, a, command=_command(), progress=not quiet)
-        s = rec["summary"][0]
-        typer.echo(f"{a:>14}: acc {s['accuracy']:.3f}  AUC {_auc(s['roc_auc'])}")
-        run_mitigation(task, [attack], backdoored, profile, ["drmguard"], cache, out, a,
-                       command=_command(), progress=not quiet)
+    arch_list, attack_list = _list(archs, "--archs"), _list(attacks, "--attacks")
+    if plan:
+        for a, p in plan_architectures(task, arch_list, attack_list, benign, backdoored,
+                                       profile, cache):
+            typer.echo(f"--- {a}")
+            _print_plan(p)
+        return
+
+    def echo(arch: str, rows: list[dict]) -> None:
+        for r in rows:
+            typer.echo(f"{arch:>14} {r['attack']:>10}: acc {r['accuracy']:.3f}  AUC "
+                       f"{_auc(r['roc_auc'])}  DAE {_auc(r['DAE_before'])} → "
+                       f"{_auc(r['DAE_after'])}")
+
+    run_architectures(task, arch_list, attack_list, benign, backdoored, profile, cache, out,
+                      command=_command(), progress=not quiet, executor=executor, on_arch=echo)
+    typer.echo(f"wrote {out}/{result_name(task, profile)}.md")
 
 
 def register(app: typer.Typer) -> None:
