@@ -135,7 +135,7 @@ def attacks_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     typer.echo(f"wrote {out}/{result_name(task, profile, name)}.md")
 
 
-def _auc(v) -> str:
+def _num(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
@@ -192,7 +192,7 @@ def identification_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                              first_seed=first_seed, executor=executor)
     for s in rec["summary"]:
         typer.echo(f"{s['defense']:>10} {s['attack']:>12}: TP {s['TP']} FP {s['FP']} FN {s['FN']} "
-                   f"TN {s['TN']}  acc {s['accuracy']:.3f}  AUC {_auc(s['roc_auc'])}")
+                   f"TN {s['TN']}  acc {s['accuracy']:.3f}  AUC {_num(s['roc_auc'])}")
 
 
 @exp_app.command("mitigation")
@@ -279,7 +279,7 @@ def ablation_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                        first_seed=first_seed, executor=executor)
     for r in rec["rows"]:
         typer.echo(f"{r['variant']:>28} {r['attack']:>8}: acc {r['accuracy']:.3f}  "
-                   f"AUC {_auc(r['roc_auc'])}")
+                   f"AUC {_num(r['roc_auc'])}")
 
 
 @exp_app.command("stability")
@@ -305,7 +305,7 @@ def stability_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
                         executor=executor)
     for r in rec["summary"]:
         typer.echo(f"{r['variant']:>20} {r['attack']:>8}: acc {r['accuracy']:.3f}  "
-                   f"AUC {_auc(r['roc_auc'])}  flips {r['flips']}")
+                   f"AUC {_num(r['roc_auc'])}  flips {r['flips']}")
     typer.echo(f"flips over all variants: {rec['total_flips']}")
 
 
@@ -349,8 +349,8 @@ def architectures_cmd(task: str = TaskOpt, profile: str = ProfileOpt,
     def echo(arch: str, rows: list[dict]) -> None:
         for r in rows:
             typer.echo(f"{arch:>14} {r['attack']:>10}: acc {r['accuracy']:.3f}  AUC "
-                       f"{_auc(r['roc_auc'])}  DAE {_auc(r['DAE_before'])} → "
-                       f"{_auc(r['DAE_after'])}")
+                       f"{_num(r['roc_auc'])}  DAE {_num(r['DAE_before'])} → "
+                       f"{_num(r['DAE_after'])}")
 
     run_architectures(task, arch_list, attack_list, benign, backdoored, profile, cache, out,
                       command=_command(), progress=not quiet, executor=executor, on_arch=echo)
