@@ -8,7 +8,7 @@ from drmguard.experiments.mitigation import plan_mitigation, run_mitigation
 from drmguard.experiments.zoo import ModelSpec, Zoo
 
 
-def test_identification_and_mitigation_tiny(tmp_path):
+def test_identification_and_mitigation_tiny(tmp_path, monkeypatch):
     cache, out = tmp_path / "cache", tmp_path / "results"
     plan = plan_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache))
     assert [w["model"] for w in plan["train"]] == ["gaze/benign/seed0", "gaze/badnets/seed0"]
@@ -30,6 +30,17 @@ def test_identification_and_mitigation_tiny(tmp_path):
     bd = [r for r in rec["models"] if r["attack"] == "badnets"][0]  # one backdoored model
     assert bd["implanted"] in (True, False) and bd["CTE"] > 0  # measured on a fresh zoo
     assert s["not_implanted"] == (0 if bd["implanted"] else 1)
+    # --plan's implant outlook: how many alike cached models (any seed) implanted
+    assert plan["implant"] == [{"models": "gaze/badnets", "seeds": 1, "implanted": 0,
+                                "measured": 0}]
+    assert more["implant"] == [{"models": "gaze/badnets", "seeds": 1,
+                                "implanted": int(bd["implanted"]), "measured": 1}]
+    from drmguard.attacks.badnets import BadNets
+
+    with monkeypatch.context() as m:  # other defaults: the cached model is not alike any more
+        m.setattr(BadNets, "defaults", {**BadNets.defaults, "rate": 0.3})
+        stale = plan_identification("gaze", ["badnets"], 1, 1, "tiny", ["drmguard"], str(cache))
+        assert stale["implant"][0]["measured"] == 0
     assert bd["target_error"] is not None
     assert s["target_error_mean"] == (bd["target_error"] if bd["implanted"] else None)
     assert bd["real_trigger_R"] > 0 and 0 <= bd["real_trigger_collapse"]  # the attack's trigger
@@ -442,3 +453,15 @@ def test_architectures_command_tiny(tmp_path, capsys):
     assert (out / "mitigation-gaze-tiny-small_resnet.md").exists()
     assert main([*args, "--archs", "small_resnet", "--plan"]) == 0
     assert "to do: 0 models" in capsys.readouterr().out
+
+
+def test_plan_implant_outlook_text():
+    from drmguard.cli.experiment_cmds import implant_outlook
+
+    assert implant_outlook({"models": "gaze/wanet", "seeds": 10, "implanted": 7,
+                            "measured": 10}) == ("7/10 alike cached models implanted → ≈ 7.0 of "
+                                                 "10 seeds; 15 seeds for 10 implanted")
+    assert "15 seeds" not in implant_outlook({"models": "x", "seeds": 10, "implanted": 0,
+                                              "measured": 3})
+    assert "unknown" in implant_outlook({"models": "x", "seeds": 4, "implanted": 0,
+                                         "measured": 0})

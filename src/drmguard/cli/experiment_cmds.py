@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import shlex
 import sys
 
@@ -155,6 +156,20 @@ def _print_plan(p: dict) -> None:
     extra = f"; {p['unestimated']} item(s) without a recorded time" if p["unestimated"] else ""
     typer.echo(f"to do: {len(p['train'])} models, {len(p[kind])} {runs}, "
                f"{when(p['estimated_seconds'])} as recorded in this cache{extra}")
+    for r in p.get("implant", []):
+        typer.echo(f"implant {r['models']}: {implant_outlook(r)}")
+
+
+def implant_outlook(r: dict) -> str:
+    """How many of the seeds asked for should implant, by the share of alike cached models
+    that did (tables count only implanted models as backdoored)."""
+    k, n, seeds = r["implanted"], r["measured"], r["seeds"]
+    if n == 0:
+        return f"{seeds} seeds; no alike model measured yet, so the share that implants is unknown"
+    text = f"{k}/{n} alike cached models implanted → ≈ {seeds * k / n:.1f} of {seeds} seeds"
+    if k:
+        text += f"; {math.ceil(seeds * n / k)} seeds for {seeds} implanted"
+    return text
 
 
 @exp_app.command("identification")

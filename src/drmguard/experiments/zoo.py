@@ -254,7 +254,8 @@ class Zoo:
         nothing alike is cached), and what is cached already. A run's time barely depends on
         the attack the model carries, so a run with no record on models of its own attack is
         timed by the same run on the task's other models; training times are not (attacks
-        train differently)."""
+        train differently). ``implant``: per kind of backdoored model, the seeds asked for and
+        how many alike cached models implanted (:meth:`implant_record`)."""
         known = self.cached_specs()
         train = [{"model": s.label(), "seconds": self.estimate(s, known)} for s in specs
                  if not self.has_model(s)]
@@ -263,10 +264,42 @@ class Zoo:
                 for s, name, cfg in runs
                 if not (self.has_model(s) and self.has_run(s, kind, name, cfg))]
         timed = [w["seconds"] for w in train + todo if w["seconds"] is not None]
+        groups: dict[str, list[ModelSpec]] = {}  # "task/attack[/arch]" -> its specs
+        for s in specs:
+            if s.backdoored:
+                groups.setdefault(s.label().rsplit("/", 1)[0], []).append(s)
+        implant = [{"models": name, "seeds": len(g),
+                    **dict(zip(("implanted", "measured"), self.implant_record(g[0], known)))}
+                   for name, g in groups.items()]
         return {"kind": kind, "cached": {"models": len(specs) - len(train),
                                          "runs": len(runs) - len(todo)},
                 "train": train, kind: todo, "estimated_seconds": sum(timed),
-                "unestimated": len(train) + len(todo) - len(timed)}
+                "unestimated": len(train) + len(todo) - len(timed), "implant": implant}
+
+    def implant_record(self, spec: ModelSpec, cached: dict[str, dict]) -> tuple[int, int]:
+        """(implanted, measured) among the ``cached`` models like ``spec`` (same task, profile,
+        attack, options and architecture; any seed) that the current defaults would train the
+        same way (their key is still their key) and whose attack metrics are recorded: what
+        share of seeds an experiment can expect to implant (``--plan``)."""
+        from ..metrics import implanted
+
+        same = {k: v for k, v in spec.to_dict().items() if k != "seed"}
+        hits = measured = 0
+        for key, other in cached.items():
+            if {k: other.get(k) for k in same} != same:
+                continue
+            try:
+                alike = ModelSpec(**{**other, "attack_options": tuple(sorted(
+                    (other.get("attack_options") or {}).items()))})
+                if alike.key() != key:
+                    continue  # trained under other defaults
+                att = json.loads(self._run_file(key, "attack", "metrics", {}).read_text())
+            except (OSError, ValueError, TypeError):
+                continue
+            if "CTE" in att:
+                measured += 1
+                hits += bool(implanted(att))
+        return hits, measured
 
     def estimate(self, spec: ModelSpec, cached: dict[str, dict], kind: str | None = None,
                  name: str | None = None, config: dict | None = None) -> float | None:
