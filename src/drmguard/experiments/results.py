@@ -15,7 +15,10 @@ from ..utils import code_digest, git_commit
 
 
 def provenance(command: str) -> dict:
+    from ..data.synthetic import SYNTHETIC_VERSION
+
     return {"command": command, "commit": git_commit(), "drmguard_version": __version__,
+            "synthetic_version": SYNTHETIC_VERSION,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "machine": platform.machine(),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -58,7 +61,10 @@ def write_results(out_dir: str | Path, name: str, record: dict, markdown: str) -
     jp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     prov = record.get("provenance", {})
     footer = (f"\n\n---\nCommand: `{prov.get('command', '')}`  \nCommit: `{prov.get('commit')}` · "
-              f"drmguard {prov.get('drmguard_version')} · torch {prov.get('torch')} · "
+              f"drmguard {prov.get('drmguard_version')} · "
+              + (f"synthetic v{prov['synthetic_version']} · " if "synthetic_version" in prov
+                 else "")
+              + f"torch {prov.get('torch')} · "
               f"{prov.get('device')} ({prov.get('threads')} thread"
               f"{'' if prov.get('threads') == 1 else 's'}) · {prov.get('date')}\n")
     mp.write_text(markdown.rstrip() + footer + runs_line(record.get("models", [])))
