@@ -14,7 +14,7 @@ import numpy as np
 
 from .identification import identification_work, plan_identification, run_identification
 from .mitigation import mitigation_work, plan_mitigation, run_mitigation
-from .results import provenance, write_results
+from .results import fmt, provenance, write_results
 
 DEFAULT_ARCHS = ["resnet34", "mobilenet_v1"]
 DEFAULT_ATTACKS = ["badnets", "wanet"]
@@ -115,10 +115,6 @@ def run_architectures(task: str, archs: list[str] | None = None,
     return record
 
 
-def _f(v, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
 def to_markdown(rec: dict) -> str:
     lines = [f"# Architectures — {rec['task']}, profile {rec['profile']}", "",
              f"{rec['n_benign']} benign + {rec['n_backdoored']} backdoored models per attack and "
@@ -132,8 +128,8 @@ def to_markdown(rec: dict) -> str:
     for r in rec["summary"]:
         left = ", ".join(m.rsplit("/", 1)[-1] for m in r["left_out"]) or "–"
         lines.append(f"| {r['arch']} | {r['attack']} | {r['TP']} | {r['FP']} | {r['FN']} | "
-                     f"{r['TN']} | {_f(r['accuracy'], 2)} | {_f(r['roc_auc'], 2)} | "
-                     f"{_f(r['target_error_mean'], 1)} | {_f(r['RE_before'], 2)} | "
-                     f"{_f(r['DAE_before'], 2)} | {_f(r['RE_after'], 2)} | "
-                     f"{_f(r['DAE_after'], 2)} | {left} |")
+                     f"{r['TN']} | {fmt(r['accuracy'], 2)} | {fmt(r['roc_auc'], 2)} | "
+                     f"{fmt(r['target_error_mean'], 1)} | {fmt(r['RE_before'], 2)} | "
+                     f"{fmt(r['DAE_before'], 2)} | {fmt(r['RE_after'], 2)} | "
+                     f"{fmt(r['DAE_after'], 2)} | {left} |")
     return "\n".join(lines) + "\n"
