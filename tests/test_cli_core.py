@@ -85,7 +85,7 @@ def test_experiment_plans_train_nothing(tmp_path, capsys):
                          capsys)
     assert code == 0, err
     assert "train   gaze/badnets/seed0" in out
-    assert "to do: 2 models, 2 detections" in out and "without a recorded time" in out
+    assert "to do: 2 models, 2 detections, no time recorded in this cache" in out
     assert not (tmp_path / "zoo").exists() and not (tmp_path / "res").exists()
     code, out, err = run(["experiment", "mitigation", "--profile", "tiny", "--attacks",
                           "badnets:1", "--backdoored", "3", "--mitigations", "drmguard,ft",

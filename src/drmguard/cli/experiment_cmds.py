@@ -153,9 +153,11 @@ def _print_plan(p: dict) -> None:
         typer.echo(f"{'train':<{width}}{w['model']}  ({when(w['seconds'])})")
     for w in p[kind]:
         typer.echo(f"{kind:<{width}}{w['model']} {how}{w['defense']}  ({when(w['seconds'])})")
+    n = len(p["train"]) + len(p[kind])
     extra = f"; {p['unestimated']} item(s) without a recorded time" if p["unestimated"] else ""
-    typer.echo(f"to do: {len(p['train'])} models, {len(p[kind])} {runs}, "
-               f"{when(p['estimated_seconds'])} as recorded in this cache{extra}")
+    took = ("no time recorded in this cache for any of them" if n and p["unestimated"] == n
+            else f"{when(p['estimated_seconds'])} as recorded in this cache{extra}")
+    typer.echo(f"to do: {len(p['train'])} models, {len(p[kind])} {runs}, {took}")
     for r in p.get("implant", []):
         typer.echo(f"implant {r['models']}: {implant_outlook(r)}")
 
