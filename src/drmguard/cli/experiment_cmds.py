@@ -167,7 +167,8 @@ def implant_outlook(r: dict) -> str:
     that did (tables count only implanted models as backdoored)."""
     k, n, seeds = r["implanted"], r["measured"], r["seeds"]
     if n == 0:
-        return f"{seeds} seeds; no alike model measured yet, so the share that implants is unknown"
+        return (f"{seeds} seed{'s' if seeds != 1 else ''}; no alike model measured yet, so the "
+                "share that implants is unknown")
     text = f"{k}/{n} alike cached models implanted → ≈ {seeds * k / n:.1f} of {seeds} seeds"
     if k:
         text += f"; {math.ceil(seeds * n / k)} seeds for {seeds} implanted"
