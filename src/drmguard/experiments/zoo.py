@@ -67,6 +67,12 @@ class ModelSpec:
         d["attack_options"] = dict(self.attack_options)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        """The inverse of :meth:`to_dict` (a cached model's ``spec.json``)."""
+        return cls(**{**d, "attack_options": tuple(sorted((d.get("attack_options") or {}
+                                                           ).items()))})
+
     def key(self) -> str:
         """Content hash: the spec plus everything it resolves to (the profile's data and
         schedule, the attack's defaults and schedule, the synthetic generator's version), so a
@@ -217,6 +223,13 @@ class Zoo:
                 continue
         return out
 
+    @staticmethod
+    def _alike(spec: ModelSpec, cached: dict[str, dict], ignored: set[str]) -> list[str]:
+        """Keys of the ``cached`` models whose spec equals ``spec``'s but for ``ignored``."""
+        same = {k: v for k, v in spec.to_dict().items() if k not in ignored}
+        return [key for key, other in cached.items()
+                if {k: other.get(k) for k in same} == same]
+
     def recorded_seconds(self, spec: ModelSpec, cached: dict[str, dict], kind: str | None = None,
                          name: str | None = None, config: dict | None = None,
                          any_attack: bool = False) -> list[float]:
@@ -225,11 +238,8 @@ class Zoo:
         seed): their training times, or with ``kind``/``name``/``config`` the times of that run.
         ``any_attack``: models of any attack (or none) count as alike."""
         ignored = {"seed", "attack", "attack_options"} if any_attack else {"seed"}
-        same = {k: v for k, v in spec.to_dict().items() if k not in ignored}
         out = []
-        for key, other in cached.items():
-            if {k: other.get(k) for k in same} != same:
-                continue
+        for key in self._alike(spec, cached, ignored):
             try:
                 if kind is None:
                     t = json.loads((self.root / "models" / key / "model.json").read_text()
@@ -283,15 +293,10 @@ class Zoo:
         share of seeds an experiment can expect to implant (``--plan``)."""
         from ..metrics import implanted
 
-        same = {k: v for k, v in spec.to_dict().items() if k != "seed"}
         hits = measured = 0
-        for key, other in cached.items():
-            if {k: other.get(k) for k in same} != same:
-                continue
+        for key in self._alike(spec, cached, {"seed"}):
             try:
-                alike = ModelSpec(**{**other, "attack_options": tuple(sorted(
-                    (other.get("attack_options") or {}).items()))})
-                if alike.key() != key:
+                if ModelSpec.from_dict(cached[key]).key() != key:
                     continue  # trained under other defaults
                 att = json.loads(self._run_file(key, "attack", "metrics", {}).read_text())
             except (OSError, ValueError, TypeError):
